@@ -1,0 +1,82 @@
+"""The ``nnunetv2_ext`` command: parses arguments and dispatches; the work happens in the package's modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _plans(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.planning.multi_encoder_plans import write_multi_encoder_plans
+
+    path = write_multi_encoder_plans(args.dataset, source_plans=args.source_plans, plans_name=args.plans_name,
+                                     preset_file=args.preset, overwrite=args.overwrite, encoder=args.encoder,
+                                     fusion=args.fusion, encoder_groups=args.groups, encoder_width=args.encoder_width)
+    print(f"wrote {path}")
+
+
+def _trainer_path(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.discovery import trainer_path
+
+    print(trainer_path())
+
+
+def _example_data(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.data.synthetic import make_brats_like_dataset
+
+    path = make_brats_like_dataset(args.raw, dataset_id=args.dataset_id, name=args.name, n_train=args.n_train,
+                                   n_test=args.n_test, shape=tuple(args.shape), seed=args.seed,
+                                   overwrite=args.overwrite, progress=True)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
+                                     "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
+                                     "own commands once `export nnUNet_extTrainer=$(nnunetv2_ext trainer-path)`.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plans", help="derive multi-encoder plans from a dataset's nnU-Net plans")
+    p.add_argument("dataset", help="dataset id or name (as for nnUNetv2_train)")
+    p.add_argument("--arch", choices=["multi_encoder"], default="multi_encoder")
+    p.add_argument("--encoder", choices=["plain", "residual"], default=None,
+                   help="encoder blocks (default: follow the source plans: PlainConvUNet -> plain, ResEnc -> residual)")
+    p.add_argument("--fusion", choices=["concat", "sum", "mean"], default=None, help="default concat")
+    p.add_argument("--groups", default=None,
+                   help="channels per encoder, e.g. 'T1,T1Gd;T2,FLAIR' or '0,1;2,3' (default: one per channel)")
+    p.add_argument("--encoder-width", type=float, default=None,
+                   help="encoder width relative to the plans' features (default 1.0)")
+    p.add_argument("--source-plans", default="nnUNetPlans", help="plans to derive from (default nnUNetPlans)")
+    p.add_argument("--plans-name", default=None, help="name of the new plans (default <source>_MultiEncoder)")
+    p.add_argument("--preset", default=None, help="preset JSON, e.g. plans/brats_seed000.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
+    p.set_defaults(func=_plans)
+
+    p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
+    p.set_defaults(func=_trainer_path)
+
+    p = sub.add_parser("example-data", help="write a small synthetic BraTS-like dataset in nnU-Net raw format")
+    p.add_argument("--raw", required=True, help="nnU-Net raw folder (e.g. $nnUNet_raw)")
+    p.add_argument("--dataset-id", type=int, default=991)
+    p.add_argument("--name", default="SyntheticBraTS")
+    p.add_argument("--n-train", type=int, default=8)
+    p.add_argument("--n-test", type=int, default=2)
+    p.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_example_data)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"nnunetv2_ext {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

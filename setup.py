@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnunetv2-ext",
+    version="0.1.0",
+    description="nnU-Net v2 plugin: multi-encoder U-Net, self-supervised pretraining and weight transfer",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is pinned by the environment (see README); any 2.x that nnunetv2 accepts works
+        "torch>=2.1",
+        "nnunetv2>=2.8.1,<2.9",
+        "dynamic-network-architectures>=0.4.1,<0.5",
+        "batchgenerators>=0.25.1",
+        "batchgeneratorsv2>=0.3.0",
+        "acvl-utils>=0.2.3",
+        "SimpleITK>=2.2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["nnunetv2_ext=nnunetv2_ext.cli:main"]},
+)
