@@ -89,6 +89,11 @@ def multi_encoder_architecture(architecture: dict, n_channels: int, names: Optio
         raise ValueError(f"encoder must be one of {ENCODER_TYPES}, got {encoder!r}")
     if fusion not in FUSION_MODES:
         raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+    if not encoder_width > 0:
+        raise ValueError(f"encoder_width must be > 0, got {encoder_width}")
+    if fusion != "concat" and encoder_width != 1.0:
+        raise ValueError(f"fusion {fusion!r} adds encoder features element-wise, so the encoders need the decoder "
+                         f"width (encoder_width 1.0), got encoder_width {encoder_width}; use fusion='concat'")
     if "n_blocks_per_stage" in kwargs:  # ResEnc plans
         kwargs["n_conv_per_stage"] = kwargs.pop("n_blocks_per_stage")
     for key in ("block", "bottleneck_channels", "stem_channels"):  # ResEnc-only options the multi-encoder lacks
@@ -154,15 +159,18 @@ def adapt_topology_to_patch(config: dict, patch_size: Sequence[int], min_feature
     kwargs = config["architecture"]["arch_kwargs"]
     n_stages = len(strides)
     features = list(kwargs["features_per_stage"])
-    base, top = features[0], max(features)
+    # nnU-Net's planner caps widths at 320 (3D) / 512 (2D) (ExperimentPlanner.UNet_max_features_3d/_2d)
+    base, top = features[0], max(max(features), 320 if len(patch_size) == 3 else 512)
+    encoder_key = "n_blocks_per_stage" if "n_blocks_per_stage" in kwargs else "n_conv_per_stage"
 
     def resize(values: list, n: int) -> list:
         return list(values[:n]) + [values[-1]] * max(0, n - len(values))
 
-    kwargs.update(n_stages=n_stages, strides=[list(s) for s in strides], kernel_sizes=[list(k) for k in kernels],
-                  features_per_stage=[min(top, base * 2 ** i) for i in range(n_stages)],
-                  n_conv_per_stage=resize(kwargs["n_conv_per_stage"], n_stages),
-                  n_conv_per_stage_decoder=resize(kwargs["n_conv_per_stage_decoder"], n_stages - 1))
+    kwargs.update({"n_stages": n_stages, "strides": [list(s) for s in strides],
+                   "kernel_sizes": [list(k) for k in kernels],
+                   "features_per_stage": [min(top, base * 2 ** i) for i in range(n_stages)],
+                   encoder_key: resize(kwargs[encoder_key], n_stages),
+                   "n_conv_per_stage_decoder": resize(kwargs["n_conv_per_stage_decoder"], n_stages - 1)})
     config["patch_size"] = [int(i) for i in patch_size]
     return config
 

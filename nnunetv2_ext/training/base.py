@@ -6,6 +6,8 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_ext.training import pretrained
+
 # nnUNetTrainer.__init__ assigns these as instance attributes; a subclass sets them as class attributes instead
 HYPERPARAMETERS = ("initial_lr", "weight_decay", "num_epochs", "num_iterations_per_epoch",
                    "num_val_iterations_per_epoch", "save_every", "oversample_foreground_percent")
@@ -18,7 +20,11 @@ class ExtTrainerBase(nnUNetTrainer):
       on a subclass overrides nnUNetTrainer's default.
     - Checkpoints are written to ``<name>.partial`` and renamed into place, so a crash or a full disk during the
       write never destroys the previous checkpoint (nnU-Net writes in place). Only rank 0 writes, as in nnU-Net.
+    - ``-pretrained_weights`` goes through ``nnunetv2_ext.transfer`` (encoders mapped by modality name, first
+      convolutions adapted to new channel counts, segmentation heads fresh) and the report is printed and saved as
+      ``transfer_report.json`` / ``.txt`` in the fold's output folder.
     """
+    new_modality_init = "kaiming"  # new input channels: He init (seed 001 sec. 2.4.1), or "mean" of pretrained ones
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -27,6 +33,35 @@ class ExtTrainerBase(nnUNetTrainer):
             value = getattr(type(self), name, None)
             if value is not None:
                 setattr(self, name, value)
+        self.transfer_report = None
+        pretrained.install_hook()
+
+    def initialize(self):
+        if not self.was_initialized:
+            super().initialize()
+            pretrained.register(self.network, self)
+
+    def _plain_network(self) -> torch.nn.Module:
+        net = self.network.module if self.is_ddp else self.network
+        return getattr(net, "_orig_mod", net)
+
+    def load_pretrained_weights(self, fname: str):
+        """Transfer ``fname`` into the network (any checkpoint of this package or nnU-Net) and save the report."""
+        from nnunetv2_ext.planning.multi_encoder_plans import modality_names
+        from nnunetv2_ext.transfer import read_checkpoint, transfer_weights
+
+        if not self.was_initialized:
+            self.initialize()
+        network = self._plain_network()
+        source = read_checkpoint(fname)
+        state, report = transfer_weights(source, network, target_modalities=modality_names(self.dataset_json),
+                                         new_modality_init=self.new_modality_init)
+        network.load_state_dict(state)
+        self.transfer_report = report
+        self.print_to_log_file(f"Pretrained weights from {fname}:\n{report.summary()}", add_timestamp=False)
+        if self.local_rank == 0:
+            report.save(self.output_folder)
+        return report
 
     def save_checkpoint(self, filename: str) -> None:
         partial = filename + ".partial"

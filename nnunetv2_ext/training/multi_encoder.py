@@ -56,9 +56,7 @@ class nnUNetTrainerMultiEncoder(ExtTrainerBase):
     def initialize(self):
         if not self.was_initialized:
             super().initialize()
-            net = self.network.module if self.is_ddp else self.network
-            net = getattr(net, "_orig_mod", net)
-            self.print_to_log_file(f"Multi-encoder: {net.describe()}")
+            self.print_to_log_file(f"Multi-encoder: {self._plain_network().describe()}")
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,

@@ -1,0 +1,7 @@
+"""Weight transfer: read pretrained checkpoints safely and map them into a (multi-encoder) U-Net with a report."""
+from nnunetv2_ext.transfer.checkpoint import NNUNET_SAFE_GLOBALS, SourceWeights, read_checkpoint, strip_prefixes
+from nnunetv2_ext.transfer.transfer import (ACTIONS, NEW_MODALITY_INITS, TransferEntry, TransferReport,
+                                            canonical_keys, transfer_weights)
+
+__all__ = ["ACTIONS", "NEW_MODALITY_INITS", "NNUNET_SAFE_GLOBALS", "SourceWeights", "TransferEntry", "TransferReport",
+           "canonical_keys", "read_checkpoint", "strip_prefixes", "transfer_weights"]

@@ -1,0 +1,98 @@
+"""Volume Fusion self-supervised pretraining as an nnU-Net trainer (seed 003, MIS-FM, sec. 3.1, Algorithm 1).
+
+The dataset's labels are ignored. Each training step fuses pairs of patches of the batch on the device
+(``nnunetv2_ext.pretext.volume_fusion``) and trains the network to segment the K + 1 fusion levels with nnU-Net's
+own Dice + CE loss and deep supervision. The trainer swaps the label manager for one with K + 1 classes, so nnU-Net's
+loss, online pseudo-Dice (progress.png) and checkpoints work unchanged; works with any network the plans name
+(multi-encoder, PlainConvUNet, ResidualEncoderUNet).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig, volume_fusion
+from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+
+
+def volume_fusion_labels(k: int) -> dict:
+    """dataset.json ``labels`` of the pretext: background plus one class per fusion level alpha = i / K."""
+    return {"background": 0, **{f"alpha_{i}_{k}": i for i in range(1, k + 1)}}
+
+
+class nnUNetTrainerVolumeFusion(ExtTrainerBase):
+    """Volume Fusion pretraining (seed 003 sec. 3.1): K = 4, M ~ U(10, 40) boxes of 8-40 x 8-80 x 8-80 voxels at a
+    64x128x128 sub-volume (scaled to the plans' patch), loss Dice + CE; foreground and background from two different
+    scans of the batch, so the per-GPU batch size must be >= 2."""
+    vf_config = VolumeFusionConfig()
+    vf_seed = 12345                      # training stream: vf_seed + rank; validation: fixed per batch index
+    oversample_foreground_percent = 0.0  # the pretext has no foreground class to oversample
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # dataset_json (with its channel_names) stays in init_args/checkpoints for the weight transfer
+        self.label_manager = self.plans_manager.get_label_manager(
+            {"labels": volume_fusion_labels(self.vf_config.k)})
+        self._train_generator = None
+        self._val_batch = 0
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """The plans' network with K + 1 outputs (one per fusion level)."""
+        return get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, cls.vf_config.k + 1, allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.batch_size < 2:
+            raise ValueError(f"Volume Fusion fuses two different scans of a batch: the batch size per process must "
+                             f"be >= 2, it is {self.batch_size} (plans batch size / number of GPUs)")
+        self._train_generator = torch.Generator(device=self.device).manual_seed(self.vf_seed + self.local_rank)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._val_batch = 0
+
+    def _fuse_batch(self, batch: dict, generator: torch.Generator) -> dict:
+        """Replace the batch's images and targets by a Volume Fusion sample (on the device)."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        fused, label, _ = volume_fusion(data, self.vf_config, generator)
+        scales = self._get_deep_supervision_scales()
+        if scales is None:
+            target = label
+        else:
+            spatial = label.shape[2:]
+            target = [label if all(s == 1 for s in scale) else
+                      F.interpolate(label.float(), size=[round(n * s) for n, s in zip(spatial, scale)],
+                                    mode="nearest").long() for scale in scales]
+        return {**batch, "data": fused, "target": target}
+
+    def train_step(self, batch: dict) -> dict:
+        return super().train_step(self._fuse_batch(batch, self._train_generator))
+
+    def validation_step(self, batch: dict) -> dict:
+        # the same boxes for validation batch i in every epoch, so the pseudo-Dice curve is comparable
+        generator = torch.Generator(device=self.device).manual_seed(self.vf_seed + 1_000_003 + self._val_batch)
+        self._val_batch += 1
+        return super().validation_step(self._fuse_batch(batch, generator))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("Volume Fusion pretraining: no segmentation validation (the pretext has no labels); "
+                               "see the pseudo-Dice of the fusion levels in progress.png")
+
+
+class nnUNetTrainerVolumeFusion_debug(NoMirroringMixin, nnUNetTrainerVolumeFusion):
+    """3 epochs of 4 iterations: smoke tests and CPU examples."""
+    num_epochs = 3
+    num_iterations_per_epoch = 4
+    num_val_iterations_per_epoch = 2
+    save_every = 1
