@@ -1,4 +1,5 @@
 """Re-exports every nnU-Net trainer of nnunetv2_ext for nnU-Net's ``nnUNet_extTrainer`` search. Imports only:
 nnU-Net imports this file as a top-level module and purges it afterwards; the classes live in nnunetv2_ext."""
-from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoder_debug  # noqa: F401
+from nnunetv2_ext.training.multi_encoder import (nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoder_debug,  # noqa: F401
+                                               nnUNetTrainerMultiEncoderSSL, nnUNetTrainerMultiEncoderSSL_debug)
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion, nnUNetTrainerVolumeFusion_debug  # noqa: F401

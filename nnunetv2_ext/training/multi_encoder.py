@@ -71,3 +71,31 @@ class nnUNetTrainerMultiEncoder_debug(NoMirroringMixin, nnUNetTrainerMultiEncode
     num_iterations_per_epoch = 4
     num_val_iterations_per_epoch = 2
     save_every = 1
+
+
+class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
+    """The multi-encoder fine-tuned from self-supervised weights (seed 000 sec. 4.3): the same schedule as
+    ``nnUNetTrainerMultiEncoder``, but it refuses to start without ``-pretrained_weights`` (or a checkpoint to
+    continue from), so a forgotten flag never silently trains from scratch. The transfer report is saved in the
+    fold folder (``transfer_report.json`` / ``.txt``)."""
+    _resumed = False  # set when --c (or --val) loads a checkpoint of this run
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self._resumed = True
+
+    def on_train_start(self):
+        if self.transfer_report is None and not self._resumed:
+            raise RuntimeError(
+                f"{self.__class__.__name__} fine-tunes pretrained weights: pass -pretrained_weights "
+                f"<checkpoint_final.pth of a pretraining run, e.g. nnUNetTrainerVolumeFusion> to nnUNetv2_train, or "
+                f"use nnUNetTrainerMultiEncoder to train from scratch")
+        super().on_train_start()
+
+
+class nnUNetTrainerMultiEncoderSSL_debug(NoMirroringMixin, nnUNetTrainerMultiEncoderSSL):
+    """3 short epochs: smoke tests and CPU examples."""
+    num_epochs = 3
+    num_iterations_per_epoch = 4
+    num_val_iterations_per_epoch = 2
+    save_every = 1

@@ -14,7 +14,9 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig, volume_fusion
+import os
+
+from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig, save_volume_fusion_figure, volume_fusion
 from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
 
 
@@ -77,7 +79,14 @@ class nnUNetTrainerVolumeFusion(ExtTrainerBase):
         return {**batch, "data": fused, "target": target}
 
     def train_step(self, batch: dict) -> dict:
-        return super().train_step(self._fuse_batch(batch, self._train_generator))
+        fused = self._fuse_batch(batch, self._train_generator)
+        figure = os.path.join(self.output_folder, "volume_fusion_sample.png")
+        if self.local_rank == 0 and not os.path.isfile(figure):
+            # one picture of what the network sees: background, foreground, fusion levels, fused image
+            label = fused["target"][0] if isinstance(fused["target"], list) else fused["target"]
+            save_volume_fusion_figure(batch["data"], fused["data"].detach().cpu(), label.cpu(), figure)
+            self.print_to_log_file(f"A Volume Fusion training sample: {figure}")
+        return super().train_step(fused)
 
     def validation_step(self, batch: dict) -> dict:
         # the same boxes for validation batch i in every epoch, so the pseudo-Dice curve is comparable
