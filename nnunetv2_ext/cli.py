@@ -30,6 +30,27 @@ def _example_data(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _raw_root(arg: Optional[str]) -> str:
+    import os
+
+    raw = arg or os.environ.get("nnUNet_raw")
+    if not raw:
+        raise ValueError("give --raw or export nnUNet_raw, as for nnU-Net's own commands")
+    return raw
+
+
+def _unlabeled_dataset(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.data.unlabeled import import_unlabeled_dataset
+
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    folder, report = import_unlabeled_dataset(args.images, _raw_root(args.raw), args.dataset_id, modalities,
+                                              name=args.name, pattern=args.pattern, skip_bad=not args.strict,
+                                              overwrite=args.overwrite, num_processes=args.np, progress=True)
+    for case, reason in report.skipped.items():
+        print(f"skipped {case}: {reason}")
+    print(f"wrote {folder}: {len(report.written)} cases, {len(report.skipped)} skipped (see import_report.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
@@ -51,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="preset JSON, e.g. plans/brats_seed000.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
     p.set_defaults(func=_plans)
+
+    p = sub.add_parser("unlabeled-dataset", help="make an nnU-Net raw dataset of unlabeled scans (for SSL pretraining)")
+    p.add_argument("--images", required=True, help="folder: one sub-folder per case, or <case>_<modality> files")
+    p.add_argument("--modalities", required=True, help="comma-separated, in channel order, e.g. T1,FLAIR")
+    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("--name", default="Unlabeled")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--pattern", default=None, help="file template, e.g. '{case}/{case}_{modality}.nii.gz'")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
+    p.add_argument("--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_unlabeled_dataset)
 
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)

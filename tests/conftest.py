@@ -44,6 +44,25 @@ class NnUNetEnv:
         return proc
 
 
+def assert_valid_predictions(pred_dir: Path, images_dir: Path, valid_labels=frozenset({0, 1, 2, 3})) -> None:
+    """Every test image has a prediction with its geometry and only valid labels."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    cases = sorted({p.name[:-len("_0000.nii.gz")] for p in images_dir.glob("*_0000.nii.gz")})
+    assert cases, images_dir
+    for case in cases:
+        pred_file = pred_dir / f"{case}.nii.gz"
+        assert pred_file.is_file(), f"missing prediction {pred_file}"
+        pred, ref = sitk.ReadImage(str(pred_file)), sitk.ReadImage(str(images_dir / f"{case}_0000.nii.gz"))
+        assert pred.GetSize() == ref.GetSize()
+        assert np.allclose(pred.GetSpacing(), ref.GetSpacing())
+        assert np.allclose(pred.GetOrigin(), ref.GetOrigin())
+        assert np.allclose(pred.GetDirection(), ref.GetDirection())
+        labels = set(np.unique(sitk.GetArrayFromImage(pred)).tolist())
+        assert labels <= valid_labels, f"{pred_file} has labels {labels}"
+
+
 def console_script(name: str) -> str:
     """Path of a console script installed beside this Python (the venv's bin)."""
     candidate = Path(sys.executable).parent / name

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from tests.conftest import NnUNetEnv, console_script
+from tests.conftest import NnUNetEnv, assert_valid_predictions, console_script
 
 TRAINER = "nnUNetTrainerMultiEncoder_debug"
 PLANS = "nnUNetPlans_MultiEncoder"
-VALID_LABELS = {0, 1, 2, 3}
 
 
 def _train_folder(example: NnUNetEnv) -> Path:
@@ -35,21 +33,6 @@ def _epochs_in_log(log: Path) -> list[int]:
 def _read_checkpoint(path: Path) -> dict:
     # our own checkpoint from this test: nnU-Net stores numpy scalars in its logging, so no weights_only here
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _assert_valid_predictions(pred_dir: Path, images_dir: Path) -> None:
-    cases = sorted({p.name[:-len("_0000.nii.gz")] for p in images_dir.glob("*_0000.nii.gz")})
-    assert cases, images_dir
-    for case in cases:
-        pred_file = pred_dir / f"{case}.nii.gz"
-        assert pred_file.is_file(), f"missing prediction {pred_file}"
-        pred, ref = sitk.ReadImage(str(pred_file)), sitk.ReadImage(str(images_dir / f"{case}_0000.nii.gz"))
-        assert pred.GetSize() == ref.GetSize()
-        assert np.allclose(pred.GetSpacing(), ref.GetSpacing())
-        assert np.allclose(pred.GetOrigin(), ref.GetOrigin())
-        assert np.allclose(pred.GetDirection(), ref.GetDirection())
-        labels = set(np.unique(sitk.GetArrayFromImage(pred)).tolist())
-        assert labels <= VALID_LABELS, f"{pred_file} has labels {labels}"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +84,7 @@ def test_predict_and_evaluate(trained: NnUNetEnv, tmp_path: Path):
     trained.run(console_script("nnUNetv2_predict"), "-i", str(trained.raw / "imagesTs"), "-o", str(pred),
                 "-d", str(trained.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-p", PLANS,
                 "-device", "cpu", "-npp", "1", "-nps", "1")
-    _assert_valid_predictions(pred, trained.raw / "imagesTs")
+    assert_valid_predictions(pred, trained.raw / "imagesTs")
 
     model = trained.results / f"{TRAINER}__{PLANS}__3d_fullres"
     trained.run(console_script("nnUNetv2_evaluate_folder"), str(trained.raw / "labelsTs"), str(pred),
@@ -128,7 +111,7 @@ def test_find_best_configuration_export_and_install(trained: NnUNetEnv, tmp_path
     trained.run(console_script("nnUNetv2_predict"), "-i", str(trained.raw / "imagesTs"), "-o", str(pred),
                 "-d", str(trained.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-p", PLANS,
                 "-device", "cpu", "-npp", "1", "-nps", "1", env=env)
-    _assert_valid_predictions(pred, trained.raw / "imagesTs")
+    assert_valid_predictions(pred, trained.raw / "imagesTs")
 
 
 def test_trainer_found_only_through_discovery(preprocessed_example: NnUNetEnv):

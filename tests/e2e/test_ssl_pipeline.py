@@ -1,0 +1,78 @@
+"""The self-supervised pipeline of seed 000 through nnU-Net's own commands:
+unlabeled scans (T1, FLAIR) -> `nnunetv2_ext unlabeled-dataset` -> plan_and_preprocess -> Volume Fusion stage 1 ->
+Volume Fusion stage 2 on the labelled 4-modality dataset (-pretrained_weights crosses 2 -> 4 modalities) ->
+nnUNetTrainerMultiEncoderSSL fine-tuning (-pretrained_weights) -> nnUNetv2_predict."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import NnUNetEnv, assert_valid_predictions, console_script
+
+UNLABELED_ID = 992
+PLANS = "nnUNetPlans_MultiEncoder"
+
+
+def _fold(example: NnUNetEnv, dataset: str, trainer: str, fold: str) -> Path:
+    return example.root / "results" / dataset / f"{trainer}__{PLANS}__3d_fullres" / f"fold_{fold}"
+
+
+def _report(folder: Path) -> dict:
+    report = json.loads((folder / "transfer_report.json").read_text())
+    report["by_key"] = {e["target_key"]: e for e in report["entries"] if e["target_key"]}
+    return report
+
+
+def _first_conv(encoder: int) -> str:
+    return f"encoder.encoders.{encoder}.stages.0.0.convs.0.conv.weight"
+
+
+def test_two_stage_volume_fusion_then_ssl_fine_tuning(preprocessed_example: NnUNetEnv, tmp_path: Path):
+    from nnunetv2_ext.data.synthetic import make_unlabeled_images
+    from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig
+
+    example = preprocessed_example
+    ext, train = console_script("nnunetv2_ext"), console_script("nnUNetv2_train")
+    scans = make_unlabeled_images(tmp_path / "ukb", n_cases=5, shape=(40, 40, 40), seed=1, modalities=("T1", "FLAIR"))
+    example.run(ext, "unlabeled-dataset", "--images", str(scans), "--modalities", "T1,FLAIR",
+                "--dataset-id", str(UNLABELED_ID), "--name", "UKB")
+    example.run(console_script("nnUNetv2_plan_and_preprocess"), "-d", str(UNLABELED_ID), "-c", "3d_fullres",
+                "-np", "1", "-npfp", "1")
+    example.run(ext, "plans", str(UNLABELED_ID))
+
+    # stage 1: healthy cohort, 2 modalities
+    example.run(train, str(UNLABELED_ID), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug", "-p", PLANS,
+                "-device", "cpu")
+    stage1 = _fold(example, f"Dataset{UNLABELED_ID}_UKB", "nnUNetTrainerVolumeFusion_debug", "all")
+    assert (stage1 / "checkpoint_final.pth").is_file() and (stage1 / "volume_fusion_sample.png").is_file()
+    log = next(stage1.glob("training_log_*.txt")).read_text()
+    assert len(re.findall(r"Pseudo dice \[(.*)\]", log)[-1].split(",")) == VolumeFusionConfig().k
+
+    # stage 2: the target dataset's images, 4 modalities: T1 and FLAIR encoders pretrained, T1Gd and T2 new
+    example.run(train, str(example.dataset_id), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug",
+                "-p", PLANS, "-device", "cpu", "-pretrained_weights", str(stage1 / "checkpoint_final.pth"))
+    stage2 = _fold(example, example.dataset_name, "nnUNetTrainerVolumeFusion_debug", "all")
+    report = _report(stage2)
+    assert [report["by_key"][_first_conv(i)]["action"] for i in range(4)] == ["loaded", "new", "new", "loaded"]
+    assert report["counts"]["loaded"] > report["counts"]["new"]
+
+    # without pretrained weights the SSL trainer refuses to start
+    proc = example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+                       "-p", PLANS, "-device", "cpu", check=False)
+    assert proc.returncode != 0 and "pass -pretrained_weights" in proc.stderr
+
+    # fine-tune: every encoder and the decoder pretrained, the segmentation heads fresh
+    example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+                "-p", PLANS, "-device", "cpu", "-pretrained_weights", str(stage2 / "checkpoint_final.pth"))
+    fine_tuned = _fold(example, example.dataset_name, "nnUNetTrainerMultiEncoderSSL_debug", "0")
+    report = _report(fine_tuned)
+    assert all(report["by_key"][_first_conv(i)]["action"] == "loaded" for i in range(4))
+    assert all(e["action"] == "new" for k, e in report["by_key"].items() if ".seg_layers." in k)
+    assert "Pretrained weights from" in next(fine_tuned.glob("training_log_*.txt")).read_text()
+
+    pred = tmp_path / "pred"
+    example.run(console_script("nnUNetv2_predict"), "-i", str(example.raw / "imagesTs"), "-o", str(pred),
+                "-d", str(example.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+                "-p", PLANS, "-device", "cpu", "-npp", "1", "-nps", "1")
+    assert_valid_predictions(pred, example.raw / "imagesTs")
