@@ -51,6 +51,35 @@ def _unlabeled_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {folder}: {len(report.written)} cases, {len(report.skipped)} skipped (see import_report.json)")
 
 
+def _brats_convert(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.data.brats import convert_brats
+
+    folder, report = convert_brats(args.input, _raw_root(args.raw), args.dataset_id, args.name,
+                                   skip_bad=args.skip_bad, overwrite=args.overwrite, num_processes=args.np,
+                                   progress=True)
+    for case, reasons in report.skipped.items():
+        print(f"skipped {case}: {'; '.join(reasons) if isinstance(reasons, list) else reasons}")
+    print(f"wrote {folder} ({report.layout} layout): {len(report.converted)} cases, {len(report.skipped)} skipped")
+
+
+def _brats_to_labels(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.data.brats import to_brats_labels
+
+    written = to_brats_labels(args.input, args.output, layout=args.layout, overwrite=args.overwrite)
+    print(f"wrote {len(written)} files to {args.output}")
+
+
+def _dataset_restrict(args: argparse.Namespace) -> None:
+    import os
+
+    from nnunetv2_ext.data.restrict import restrict_dataset
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    folder = restrict_dataset(_raw_root(args.raw), args.dataset, channels, args.dataset_id, args.name,
+                              preprocessed_root=os.environ.get("nnUNet_preprocessed"), overwrite=args.overwrite)
+    print(f"wrote {folder}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
@@ -84,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--np", type=int, default=1, help="worker processes")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_unlabeled_dataset)
+
+    brats = sub.add_parser("brats", help="BraTS data: conversion to nnU-Net and back").add_subparsers(
+        dest="brats_command", required=True)
+    p = brats.add_parser("convert", help="BraTS 2021 or 2023/2024 GLI folder -> nnU-Net raw dataset (regions)")
+    p.add_argument("--input", required=True, help="folder of case folders (BraTS2021_xxxxx or BraTS-GLI-xxxxx-xxx)")
+    p.add_argument("--dataset-id", type=int, default=137)
+    p.add_argument("--name", default="BraTS2021")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and report) bad cases instead of failing")
+    p.add_argument("--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_brats_convert)
+    p = brats.add_parser("to-brats-labels", help="nnU-Net predictions -> the source BraTS label convention")
+    p.add_argument("--input", required=True, help="prediction folder (its dataset.json names the layout)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--layout", choices=["2021", "gli"], default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_brats_to_labels)
+
+    dataset = sub.add_parser("dataset", help="derived raw datasets").add_subparsers(dest="dataset_command",
+                                                                                      required=True)
+    p = dataset.add_parser("restrict", help="a new raw dataset with a subset of the channels (seed 001 sec. 2.4.4)")
+    p.add_argument("--dataset", required=True, help="source dataset id or name")
+    p.add_argument("--channels", required=True, help="comma-separated channel names, e.g. T1 or T1,FLAIR")
+    p.add_argument("--dataset-id", type=int, required=True, help="id of the new dataset")
+    p.add_argument("--name", default=None)
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_dataset_restrict)
 
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)
