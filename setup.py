@@ -21,6 +21,8 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "monai>=1.4,<1.7",                      # surface distances (HD95, ASSD); later: Swin UNETR, SegResNet
+        "connected-components-3d>=3.12",        # lesion-wise metrics
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["nnunetv2_ext=nnunetv2_ext.cli:main"]},

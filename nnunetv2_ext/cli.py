@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -80,6 +81,59 @@ def _dataset_restrict(args: argparse.Namespace) -> None:
     print(f"wrote {folder}")
 
 
+def _splits_file(dataset: str) -> Path:
+    from nnunetv2_ext.io_utils import preprocessed_dataset_folder
+
+    return preprocessed_dataset_folder(dataset) / "splits_final.json"
+
+
+def _splits(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.data import splits
+
+    target = _splits_file(args.dataset)
+    if args.splits_command == "default":
+        written = splits.write_default_splits(target, splits.dataset_case_ids(args.dataset), args.overwrite)
+        print(f"wrote {target}: nnU-Net's 5 folds")
+    elif args.splits_command == "monai":
+        written = splits.write_monai_splits(target, args.folds_json, splits.dataset_case_ids(args.dataset),
+                                            args.overwrite)
+        print(f"wrote {target}: {len(written)} folds from {args.folds_json}")
+    else:
+        fractions = [float(f) for f in args.fractions.split(",")]
+        index = splits.append_few_shot_splits(target, fractions, args.repeats, args.seed, args.base_fold,
+                                              args.overwrite)
+        for entry in index:
+            print(f"fold {entry['fold']}: {100 * entry['fraction']:g} % of fold {entry['base_fold']}'s training "
+                  f"cases ({entry['n_train']}), repeat {entry['repeat']}")
+        print(f"appended to {target}; index: {target.parent / splits.FEW_SHOT_INDEX}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.evaluation.metrics import evaluate_folders
+    from nnunetv2_ext.io_utils import preprocessed_dataset_folder
+
+    if not (args.dataset_json or args.dataset):
+        raise ValueError("give --dataset (id or name) or --dataset-json: the dataset.json names the regions")
+    dataset_json = args.dataset_json or preprocessed_dataset_folder(args.dataset) / "dataset.json"
+    summary = evaluate_folders(args.ref, args.pred, dataset_json, num_processes=args.np, output=args.output,
+                               strict=not args.partial)
+    for region, metrics in summary["mean"].items():
+        print(f"{region:>6}: Dice {metrics['dice']:.4f}  HD95 {metrics['hd95_mm']:.2f} mm  "
+              f"SE {metrics['sensitivity']:.4f}  PRE {metrics['precision']:.4f}")
+    if args.output:
+        print(f"wrote {args.output} and its .csv")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.evaluation.report import write_report
+
+    trainers = [t for t in (args.trainers or "").split(",") if t] or None
+    written = write_report(args.results, args.output, trainers, args.configuration, args.gt, args.few_shot_index,
+                           args.np, args.overwrite)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
@@ -142,6 +196,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_dataset_restrict)
+
+    splits = sub.add_parser("splits", help="write folds into nnU-Net's splits_final.json").add_subparsers(
+        dest="splits_command", required=True)
+    p = splits.add_parser("default", help="nnU-Net's own 5-fold split, written now (before any training)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_splits)
+    p = splits.add_parser("monai", help="folds from MONAI's brats21_folds.json (seed 001)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--folds-json", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_splits)
+    p = splits.add_parser("few-shot", help="append folds training on random subsets of a fold (seed 001 Fig. 5)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--fractions", default="0.05,0.1,0.2,0.4")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-fold", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="rebuild the few-shot folds")
+    p.set_defaults(func=_splits)
+
+    p = sub.add_parser("evaluate", help="per case and region: Dice, Jaccard, SE, SP, PRE, ACC, HD95, ASSD, lesions")
+    p.add_argument("--ref", required=True, help="reference labels (e.g. labelsTr)")
+    p.add_argument("--pred", required=True, help="predictions")
+    p.add_argument("--dataset", default=None, help="dataset id/name (its dataset.json gives the regions)")
+    p.add_argument("--dataset-json", default=None, help="or the dataset.json itself")
+    p.add_argument("-o", "--output", default=None, help="summary JSON (a .csv is written beside it)")
+    p.add_argument("--partial", action="store_true", help="evaluate only the cases that have a prediction")
+    p.add_argument("--np", type=int, default=1)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="seed-style tables and the few-shot curve from a results folder")
+    p.add_argument("--results", required=True, help="$nnUNet_results/DatasetXXX_Name")
+    p.add_argument("-o", "--output", required=True, help="folder for tables (md, csv) and plots")
+    p.add_argument("--trainers", default=None, help="comma-separated trainer names (default: all)")
+    p.add_argument("--configuration", default=None)
+    p.add_argument("--gt", default=None, help="references (default: the preprocessed gt_segmentations)")
+    p.add_argument("--few-shot-index", default=None)
+    p.add_argument("--np", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)

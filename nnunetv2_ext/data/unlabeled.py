@@ -3,7 +3,7 @@
 The paper pretrains on UK Biobank T1 and T2-FLAIR volumes (section 3.2 and 4.3: "self-supervised learning using a
 large, unlabeled dataset of images from the UKB dataset") before fine-tuning on BraTS. nnU-Net's
 ``nnUNetv2_plan_and_preprocess`` only accepts a raw dataset with ``imagesTr``, ``labelsTr`` and a
-``dataset.json``, so this module copies the scans into that layout and writes all-zero label maps with the geometry
+``dataset.json``, so this module copies the scans into that layout and writes foreground-mask label maps with the geometry
 of the first modality. Every case is checked (all modalities present and readable, 3D, same grid, finite voxels);
 bad cases are skipped with their reason or stop the import, and the report is saved beside the data.
 
@@ -37,7 +37,7 @@ ORIGIN_ATOL_VOXELS = 1e-4
 DIRECTION_ATOL = 1e-4
 """Absolute tolerance on the direction cosines between modalities."""
 LABELS = {"background": 0, "foreground": 1}
-"""Labels written to dataset.json; the label maps themselves are all zero."""
+"""Labels written to dataset.json; the label maps are foreground masks, not annotations."""
 REPORT_NAME = "import_report.json"
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -327,6 +327,13 @@ def _case_problem(files: dict[str, Path], modalities: Sequence[str], out_images:
                 return f"cannot read the voxels of {m} file {src} with nibabel: {type(exc).__name__}: {exc}"
             if non_finite:
                 return f"{m} image {src.name} has non-finite voxels ({non_finite[0]} NaN, {non_finite[1]} inf)"
+            if i == 0:
+                # the label map is a foreground mask (voxels above the scan's minimum, i.e. the head or the
+                # skull-stripped brain): nnU-Net's fingerprinting needs foreground voxels to compute its intensity
+                # statistics and crashes on all-zero label maps; the pretext trainers ignore the labels
+                voxels = sitk.GetArrayViewFromImage(img)
+                label = sitk.GetImageFromArray((voxels > voxels.min()).astype(np.uint8))
+                label.CopyInformation(img)
             dst = out_images / f"{case_id}_{i:04d}.nii.gz"
             written.append(dst)
             if src.name.lower().endswith(".nii.gz"):
@@ -334,10 +341,6 @@ def _case_problem(files: dict[str, Path], modalities: Sequence[str], out_images:
             else:
                 sitk.WriteImage(img, str(dst), useCompression=True)
             del img
-        label = sitk.Image(list(ref["size"]), sitk.sitkUInt8)
-        label.SetSpacing(ref["spacing"])
-        label.SetOrigin(ref["origin"])
-        label.SetDirection(ref["direction"])
         dst = out_labels / f"{case_id}.nii.gz"
         written.append(dst)
         sitk.WriteImage(label, str(dst), useCompression=True)
@@ -405,8 +408,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
     """Turn a folder of unlabeled scans into an nnU-Net v2 raw dataset for self-supervised pretraining.
 
     Writes ``raw_root/Dataset{dataset_id:03d}_{name}`` with ``imagesTr/{case}_{i:04d}.nii.gz`` (channel ``i``
-    follows ``modalities``), ``labelsTr/{case}.nii.gz`` (all-zero uint8 on the first modality's grid: nnU-Net's
-    ``plan_and_preprocess`` requires label maps), ``dataset.json`` (written by nnU-Net's ``generate_dataset_json``,
+    follows ``modalities``), ``labelsTr/{case}.nii.gz`` (uint8 foreground mask, voxels above the first modality's minimum, on its
+    grid: nnU-Net's ``plan_and_preprocess`` requires label maps, and its fingerprint needs foreground voxels), ``dataset.json`` (written by nnU-Net's ``generate_dataset_json``,
     labels ``{'background': 0, 'foreground': 1}``) and ``import_report.json`` (:class:`ImportReport`). The paper
     pretrains on UK Biobank T1 and T2-FLAIR (sections 3.2 and 4.3).
 
@@ -527,8 +530,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
             str(staging), channel_names={i: m for i, m in enumerate(modalities)}, labels=dict(LABELS),
             num_training_cases=len(report.written), file_ending=".nii.gz", dataset_name=target.name,
             description=f"Unlabeled {'+'.join(modalities)} scans imported from {images_dir} for self-supervised "
-                        "pretraining. The label maps in labelsTr are empty (all zero): they exist only because "
-                        "nnU-Net's preprocessing requires them. Not for supervised training.",
+                        "pretraining. The label maps in labelsTr are foreground masks (voxels above each scan's minimum), "
+                        "not annotations: nnU-Net's planning needs foreground voxels. Not for supervised training.",
             license="as the source images", converted_by="nnunetv2_ext.data.unlabeled")
         (staging / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=4))
         _install(staging, target, overwrite)

@@ -3,3 +3,4 @@ nnU-Net imports this file as a top-level module and purges it afterwards; the cl
 from nnunetv2_ext.training.multi_encoder import (nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoder_debug,  # noqa: F401
                                                nnUNetTrainerMultiEncoderSSL, nnUNetTrainerMultiEncoderSSL_debug)
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion, nnUNetTrainerVolumeFusion_debug  # noqa: F401
+from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla, nnUNetTrainerVanilla_debug  # noqa: F401

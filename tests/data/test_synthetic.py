@@ -113,7 +113,9 @@ def test_without_labels(tmp_path):
     ds = make_brats_like_dataset(tmp_path, n_train=2, n_test=0, shape=(24, 24, 24), with_labels=False)
     dj = json.loads((ds / "dataset.json").read_text())
     assert dj["labels"] == {"background": 0, "foreground": 1} and "regions_class_order" not in dj
-    assert all(not _read(p).any() for p in (ds / "labelsTr").iterdir())
+    for p in (ds / "labelsTr").iterdir():  # brain masks: foreground inside the head only
+        label, t1 = _read(p), _read(ds / "imagesTr" / p.name.replace(".nii.gz", "_0000.nii.gz"))
+        assert set(np.unique(label)) == {0, 1} and not t1[label == 0].any() and (t1[label == 1] > 0).mean() > 0.99
 
 
 def test_overwrite_rules(tmp_path):

@@ -120,7 +120,7 @@ def test_layout_a_dataset(imported, source):
     assert dj["channel_names"] == {"0": "T1", "1": "FLAIR"}
     assert dj["labels"] == {"background": 0, "foreground": 1}
     assert dj["numTraining"] == N_CASES and dj["file_ending"] == ".nii.gz"
-    assert "empty" in dj["description"] and "self-supervised" in dj["description"]
+    assert "foreground masks" in dj["description"] and "self-supervised" in dj["description"]
     saved = json.loads((folder / "import_report.json").read_text())
     assert saved["written"] == CASES and saved["skipped"] == {} and saved["modalities"] == ["T1", "FLAIR"]
     for c in CASES:  # .nii.gz inputs are copied byte for byte, in modality order
@@ -128,7 +128,11 @@ def test_layout_a_dataset(imported, source):
             assert (folder / "imagesTr" / f"{c}_{i:04d}.nii.gz").read_bytes() == \
                    (source / c / f"{c}_{m}.nii.gz").read_bytes()
         label, image = _read(folder / "labelsTr" / f"{c}.nii.gz"), _read(source / c / f"{c}_T1.nii.gz")
-        assert label.GetPixelID() == sitk.sitkUInt8 and not sitk.GetArrayViewFromImage(label).any()
+        # the label is the T1 scan's foreground (voxels above its minimum): nnU-Net's fingerprint needs foreground
+        voxels = sitk.GetArrayViewFromImage(image)
+        assert label.GetPixelID() == sitk.sitkUInt8
+        assert np.array_equal(sitk.GetArrayViewFromImage(label), (voxels > voxels.min()).astype(np.uint8))
+        assert 0 < sitk.GetArrayViewFromImage(label).mean() < 1
         assert label.GetSize() == image.GetSize() == SHAPE[::-1]
         assert np.allclose(label.GetSpacing(), SPACING[::-1]) and label.GetOrigin() == image.GetOrigin()
         assert label.GetDirection() == image.GetDirection()

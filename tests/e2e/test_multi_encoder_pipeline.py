@@ -124,3 +124,23 @@ def test_trainer_found_only_through_discovery(preprocessed_example: NnUNetEnv):
     env = {k: v for k, v in preprocessed_example.env.items() if k != "nnUNet_extTrainer"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "nnUNet_extTrainer" in proc.stderr
+
+
+def test_report_on_the_results_tree(trained: NnUNetEnv, tmp_path: Path):
+    """`nnunetv2_ext report` scores the fold's validation predictions and writes the seed-style tables."""
+    out = tmp_path / "report"
+    trained.run(console_script("nnunetv2_ext"), "report", "--results", str(trained.results), "-o", str(out),
+                "--trainers", TRAINER)
+    models = (out / "table_models.md").read_text()
+    assert f"{TRAINER}__{PLANS}__3d_fullres" in models and "Av. DSC" in models and "DSC WT" in models
+    row = next(line for line in (out / "table_models.csv").read_text().splitlines()[1:] if TRAINER in line)
+    dice = float(row.split(",")[2])
+    ours = json.loads((_train_folder(trained) / "validation" / "metrics_ext.json").read_text())
+    assert dice == pytest.approx(np.mean([ours["mean"][r]["dice"] for r in ("WT", "TC", "ET")]))
+    # nnU-Net's own evaluation of the same predictions agrees on the whole-tumour Dice
+    nnunet = json.loads((_train_folder(trained) / "validation" / "summary.json").read_text())
+    assert ours["mean"]["WT"]["dice"] == pytest.approx(nnunet["mean"]["(1, 2, 3)"]["Dice"], abs=1e-6)
+    assert "| 0 |" in (out / "table_folds.md").read_text()
+    proc = trained.run(console_script("nnunetv2_ext"), "report", "--results", str(trained.results), "-o", str(out),
+                       check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr

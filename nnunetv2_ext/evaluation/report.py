@@ -1,0 +1,224 @@
+"""Tables and plots from an nnU-Net results tree: seed 000 Table 1 (one row per trainer: mean DSC, ACC, SE, SP,
+PRE), seed 001 Table 4 (rows = folds, columns = trainers: mean Dice) and the few-shot curve of seed 001 Figure 5
+(mean Dice vs fraction of labelled training cases, +/- 1 s.d. over the random subsets, one line per trainer).
+
+Each fold's ``validation/`` predictions are scored once with :func:`nnunetv2_ext.evaluation.metrics.evaluate_folders`
+against nnU-Net's ``gt_segmentations``; the result is cached as ``validation/metrics_ext.json`` and recomputed when
+a prediction is newer than it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from nnunetv2_ext.evaluation.metrics import evaluate_folders
+
+METRICS_FILE = "metrics_ext.json"
+TABLE1_METRICS = (("dice", "Av. DSC"), ("accuracy", "ACC"), ("sensitivity", "SE"), ("specificity", "SP"),
+                  ("precision", "PRE"), ("hd95_mm", "HD95 (mm)"))
+
+
+@dataclass
+class FoldResult:
+    model: str          # "<trainer>__<plans>__<configuration>"
+    fold: str
+    summary: dict       # evaluate_folders output
+
+    @property
+    def trainer(self) -> str:
+        return self.model.split("__")[0]
+
+    def mean(self, metric: str, region: Optional[str] = None) -> float:
+        """Mean over cases of one region, or over cases and regions (NaN-safe)."""
+        regions = [region] if region else list(self.summary["mean"])
+        values = [self.summary["mean"][r].get(metric) for r in regions]
+        values = [v for v in values if v is not None and not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def _fold_metrics(fold_dir: Path, gt_dir: Path, dataset_json: Path, num_processes: int) -> Optional[dict]:
+    validation = fold_dir / "validation"
+    predictions = sorted(validation.glob("*.nii.gz"))
+    if not predictions:
+        return None
+    cache = validation / METRICS_FILE
+    if cache.is_file() and cache.stat().st_mtime >= max(p.stat().st_mtime for p in predictions):
+        return json.loads(cache.read_text())
+    return evaluate_folders(gt_dir, validation, dataset_json, num_processes=num_processes, output=cache, strict=False)
+
+
+def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[str]] = None,
+            configuration: Optional[str] = None, gt_dir: str | os.PathLike | None = None,
+            num_processes: int = 1) -> List[FoldResult]:
+    """Score every fold's validation predictions under ``$nnUNet_results/DatasetXXX_Name``.
+
+    Args:
+        results_dataset_dir: the dataset's results folder.
+        trainers: only these trainer names (default: all).
+        configuration: only this configuration (default: all).
+        gt_dir: reference segmentations (default ``$nnUNet_preprocessed/<dataset>/gt_segmentations``).
+
+    Raises:
+        FileNotFoundError: the folder or the references do not exist; ValueError: no fold has predictions.
+    """
+    root = Path(results_dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist: give $nnUNet_results/DatasetXXX_Name")
+    if gt_dir is None:
+        from nnunetv2.paths import nnUNet_preprocessed
+        gt_dir = Path(nnUNet_preprocessed.get() or "") / root.name / "gt_segmentations"
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise FileNotFoundError(f"reference segmentations {gt_dir} do not exist (pass --gt, e.g. the raw labelsTr)")
+    results = []
+    for model in sorted(p for p in root.iterdir() if p.is_dir() and p.name.count("__") == 2):
+        trainer, _, config = model.name.split("__")
+        if (trainers and trainer not in trainers) or (configuration and config != configuration):
+            continue
+        for fold_dir in sorted(model.glob("fold_*")):
+            summary = _fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes)
+            if summary is not None:
+                results.append(FoldResult(model.name, fold_dir.name[len("fold_"):], summary))
+    if not results:
+        raise ValueError(f"no fold under {root} has validation predictions (run nnUNetv2_train first)")
+    return results
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _fold_sort_key(fold: str):
+    return (0, int(fold)) if fold.isdigit() else (1, fold)
+
+
+def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None) -> List[Dict]:
+    """Seed 000 Table 1: one row per model, metrics averaged over regions, cases and the given folds."""
+    rows = []
+    for model in dict.fromkeys(r.model for r in results):
+        runs = [r for r in results if r.model == model and (folds is None or r.fold in folds)]
+        if not runs:
+            continue
+        row = {"model": model, "folds": ",".join(sorted((r.fold for r in runs), key=_fold_sort_key))}
+        for metric, label in TABLE1_METRICS:
+            row[label] = _nanmean([r.mean(metric) for r in runs])
+        for region in runs[0].summary["mean"]:
+            row[f"DSC {region}"] = _nanmean([r.mean("dice", region) for r in runs])
+        rows.append(row)
+    return rows
+
+
+def table_folds(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None) -> List[Dict]:
+    """Seed 001 Table 4: rows = folds, columns = models, mean Dice over regions and cases."""
+    models = list(dict.fromkeys(r.model for r in results))
+    all_folds = sorted({r.fold for r in results if folds is None or r.fold in folds}, key=_fold_sort_key)
+    rows = []
+    for fold in all_folds:
+        row = {"fold": fold}
+        for model in models:
+            match = [r for r in results if r.model == model and r.fold == fold]
+            row[model] = match[0].mean("dice") if match else float("nan")
+        rows.append(row)
+    return rows
+
+
+def few_shot_table(results: Sequence[FoldResult], index: Sequence[dict]) -> List[Dict]:
+    """Per model and fraction: mean and s.d. (over repeats) of the mean Dice, from ``few_shot_index.json``."""
+    rows = []
+    for model in dict.fromkeys(r.model for r in results):
+        by_fold = {r.fold: r for r in results if r.model == model}
+        for fraction in sorted({e["fraction"] for e in index}):
+            dice = [by_fold[str(e["fold"])].mean("dice") for e in index
+                    if e["fraction"] == fraction and str(e["fold"]) in by_fold]
+            if dice:
+                rows.append({"model": model, "fraction": fraction, "n_repeats": len(dice),
+                             "n_train": int(np.mean([e["n_train"] for e in index if e["fraction"] == fraction])),
+                             "mean_dice": float(np.mean(dice)),
+                             "sd_dice": float(statistics.stdev(dice)) if len(dice) > 1 else 0.0})
+    return rows
+
+
+def plot_few_shot(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """The few-shot curve (seed 001 Figure 5): mean Dice vs training fraction, error bars +/- 1 s.d."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        ax.errorbar([100 * r["fraction"] for r in mine], [r["mean_dice"] for r in mine],
+                    yerr=[r["sd_dice"] for r in mine], marker="o", capsize=3, label=model.split("__")[0])
+    ax.set_xlabel("labelled training cases (% of the fold's training set)")
+    ax.set_ylabel("mean Dice (validation, all regions)")
+    ax.set_title(title or "Few-shot fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _markdown(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(rows: Sequence[dict], stem: Path) -> None:
+    stem.with_suffix(".md").write_text(_markdown(rows))
+    if rows:
+        with open(stem.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                 trainers: Optional[Sequence[str]] = None, configuration: Optional[str] = None,
+                 gt_dir: str | os.PathLike | None = None, few_shot_index: str | os.PathLike | None = None,
+                 num_processes: int = 1, overwrite: bool = False) -> Dict[str, Path]:
+    """Write ``table_models.md/.csv`` (seed 000 Table 1, folds 0-4 or whatever folds exist outside the few-shot
+    ones), ``table_folds.md/.csv`` (seed 001 Table 4) and, if a few-shot index exists (default: the
+    ``few_shot_index.json`` beside the dataset's splits_final.json), ``few_shot.md/.csv`` and ``few_shot.png``.
+
+    Raises:
+        FileExistsError: ``output_dir`` holds a report and ``overwrite`` is False.
+    """
+    out = Path(output_dir)
+    if (out / "table_models.md").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a report; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes)
+    if few_shot_index is None:
+        from nnunetv2.paths import nnUNet_preprocessed
+        candidate = Path(nnUNet_preprocessed.get() or "") / Path(results_dataset_dir).name / "few_shot_index.json"
+        few_shot_index = candidate if candidate.is_file() else None
+    index = json.loads(Path(few_shot_index).read_text()) if few_shot_index else []
+    few_shot_folds = {str(e["fold"]) for e in index}
+    standard_folds = sorted({r.fold for r in results} - few_shot_folds, key=_fold_sort_key)
+    written = {}
+    _write_table(table_models(results, standard_folds), out / "table_models")
+    _write_table(table_folds(results, standard_folds), out / "table_folds")
+    written.update(table_models=out / "table_models.md", table_folds=out / "table_folds.md")
+    if index:
+        rows = few_shot_table(results, index)
+        _write_table(rows, out / "few_shot")
+        written["few_shot"] = out / "few_shot.md"
+        if rows:
+            written["few_shot_plot"] = plot_few_shot(rows, out / "few_shot.png", Path(results_dataset_dir).name)
+    return written
