@@ -14,6 +14,7 @@ DEVICE=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else
 export nnUNet_raw="$WORK/nnUNet_raw" nnUNet_preprocessed="$WORK/nnUNet_preprocessed" nnUNet_results="$WORK/nnUNet_results"
 export nnUNet_extTrainer=$(nnunetv2_ext trainer-path)
 export nnUNet_def_n_proc=${nnUNet_def_n_proc:-1} nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-1}
+export NNUNETV2_EXT_OVERWRITE=1   # a rerun of the quickstart trains its example model again
 mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
 
 RAW=$(ls -d "$nnUNet_raw"/Dataset${DATASET}_* 2>/dev/null | head -n 1 || true)

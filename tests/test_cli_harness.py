@@ -87,3 +87,24 @@ def test_brats_convert_and_restrict_through_the_command(tmp_path, monkeypatch, c
     assert json.loads((restricted / "dataset.json").read_text())["channel_names"] == {"0": "T1", "1": "FLAIR"}
     assert (restricted / "imagesTr" / "BraTS2021_00000_0001.nii.gz").read_bytes() == \
         (converted / "imagesTr" / "BraTS2021_00000_0003.nii.gz").read_bytes()
+
+
+def _tree_hash(folder: Path) -> dict:
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_commands_never_modify_the_raw_dataset(raw_dataset, tmp_path):
+    """Every command that reads a raw dataset leaves it byte-identical."""
+    before = _tree_hash(raw_dataset)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    label = next((raw_dataset / "labelsTr").iterdir())
+    (pred / label.name).write_bytes(label.read_bytes())
+    assert cli.main(["splits", "default", "--dataset", "993"]) == 0
+    assert cli.main(["evaluate", "--ref", str(raw_dataset / "labelsTr"), "--pred", str(pred), "--dataset", "993",
+                     "--partial"]) == 0
+    assert cli.main(["dataset", "restrict", "--dataset", "993", "--channels", "T2", "--dataset-id", "994"]) == 0
+    assert cli.main(["example-data", "--raw", str(raw_dataset.parent), "--dataset-id", "993"]) == 2  # exists
+    assert _tree_hash(raw_dataset) == before

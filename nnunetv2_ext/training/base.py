@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.training import pretrained
 
+OVERWRITE_ENV = "NNUNETV2_EXT_OVERWRITE"
 # nnUNetTrainer.__init__ assigns these as instance attributes; a subclass sets them as class attributes instead
 HYPERPARAMETERS = ("initial_lr", "weight_decay", "num_epochs", "num_iterations_per_epoch",
                    "num_val_iterations_per_epoch", "save_every", "oversample_foreground_percent")
@@ -20,6 +21,7 @@ class ExtTrainerBase(nnUNetTrainer):
       on a subclass overrides nnUNetTrainer's default.
     - Checkpoints are written to ``<name>.partial`` and renamed into place, so a crash or a full disk during the
       write never destroys the previous checkpoint (nnU-Net writes in place). Only rank 0 writes, as in nnU-Net.
+    - Starting a run in a fold folder that already holds a checkpoint is refused unless continuing it (``--c``).
     - ``-pretrained_weights`` goes through ``nnunetv2_ext.transfer`` (encoders mapped by modality name, first
       convolutions adapted to new channel counts, segmentation heads fresh) and the report is printed and saved as
       ``transfer_report.json`` / ``.txt`` in the fold's output folder.
@@ -34,6 +36,7 @@ class ExtTrainerBase(nnUNetTrainer):
             if value is not None:
                 setattr(self, name, value)
         self.transfer_report = None
+        self.resumed = False  # set when --c / --val loads a checkpoint of this run
         pretrained.install_hook()
 
     def initialize(self):
@@ -65,9 +68,28 @@ class ExtTrainerBase(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         partial = filename + ".partial"
-        super().save_checkpoint(partial)
+        try:
+            super().save_checkpoint(partial)
+        except BaseException:
+            if self.local_rank == 0 and os.path.isfile(partial):
+                os.remove(partial)  # the previous checkpoint is untouched
+            raise
         if self.local_rank == 0 and os.path.isfile(partial):
             os.replace(partial, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self.resumed = True
+
+    def on_train_start(self):
+        """Refuse to train over a finished or interrupted run unless continuing it (--c), so that results are never
+        silently overwritten (nnU-Net itself starts over). ``NNUNETV2_EXT_OVERWRITE=1`` allows it explicitly."""
+        existing = [c for c in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                    if os.path.isfile(os.path.join(self.output_folder, c))]
+        if existing and not self.resumed and os.environ.get(OVERWRITE_ENV) != "1":
+            raise RuntimeError(f"{self.output_folder} already holds {', '.join(existing)}: pass --c to continue "
+                               f"that run, delete the folder, or set {OVERWRITE_ENV}=1 to train over it")
+        super().on_train_start()
 
 
 class NoMirroringMixin(nnUNetTrainer):

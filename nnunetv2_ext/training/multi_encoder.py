@@ -78,14 +78,8 @@ class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
     ``nnUNetTrainerMultiEncoder``, but it refuses to start without ``-pretrained_weights`` (or a checkpoint to
     continue from), so a forgotten flag never silently trains from scratch. The transfer report is saved in the
     fold folder (``transfer_report.json`` / ``.txt``)."""
-    _resumed = False  # set when --c (or --val) loads a checkpoint of this run
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        self._resumed = True
-
     def on_train_start(self):
-        if self.transfer_report is None and not self._resumed:
+        if self.transfer_report is None and not self.resumed:
             raise RuntimeError(
                 f"{self.__class__.__name__} fine-tunes pretrained weights: pass -pretrained_weights "
                 f"<checkpoint_final.pth of a pretraining run, e.g. nnUNetTrainerVolumeFusion> to nnUNetv2_train, or "

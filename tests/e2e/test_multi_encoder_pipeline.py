@@ -70,6 +70,11 @@ def test_resume_continues_from_the_checkpoint(trained: NnUNetEnv):
     epochs = _epochs_in_log(trained.resumed_log)
     assert trained.killed_at_epoch >= 1
     assert epochs[0] == trained.killed_at_epoch, f"resumed at epoch {epochs[0]}, checkpoint says {trained.killed_at_epoch}"
+    # the LR schedule continues too: poly decay (seed 000 eq. 2) at the resumed epoch, not the initial LR
+    trainer = nnUNetTrainerMultiEncoder_debug
+    lrs = [float(x) for x in re.findall(r"Current learning rate: ([0-9.e-]+)", trained.resumed_log.read_text())]
+    expected = trainer.initial_lr * (1 - epochs[0] / trainer.num_epochs) ** trainer.poly_exponent
+    assert lrs[0] == pytest.approx(expected, abs=1e-5)
     final = _read_checkpoint(_train_folder(trained) / "checkpoint_final.pth")
     assert final["current_epoch"] == nnUNetTrainerMultiEncoder_debug.num_epochs
     assert final["trainer_name"] == TRAINER
@@ -144,3 +149,13 @@ def test_report_on_the_results_tree(trained: NnUNetEnv, tmp_path: Path):
     proc = trained.run(console_script("nnunetv2_ext"), "report", "--results", str(trained.results), "-o", str(out),
                        check=False)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
+
+
+def test_training_over_a_finished_run_is_refused(trained: NnUNetEnv):
+    """nnU-Net would silently start over; this package's trainers refuse unless --c (or the explicit override)."""
+    final = _train_folder(trained) / "checkpoint_final.pth"
+    before = final.read_bytes()
+    proc = trained.run(console_script("nnUNetv2_train"), str(trained.dataset_id), "3d_fullres", "0", "-tr", TRAINER,
+                       "-p", PLANS, "-device", "cpu", check=False)
+    assert proc.returncode != 0 and "pass --c to continue" in proc.stderr
+    assert final.read_bytes() == before
