@@ -134,6 +134,15 @@ def _report(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _weights_inspect(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.transfer.inspect_cli import inspect_target, inspect_weights
+
+    if args.dataset:
+        print(inspect_target(args.file, args.dataset, args.plans, args.configuration, args.trainer, args.format))
+    else:
+        print(inspect_weights(args.file, args.format))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
@@ -237,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--np", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_report)
+
+    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command",
+                                                                                  required=True)
+    p = weights.add_parser("inspect", help="format, tensors, input channels; with --dataset a dry-run transfer report")
+    p.add_argument("file")
+    p.add_argument("--format", default=None,
+                   choices=["nnunet", "nnssl", "monai_swin_ssl", "monai_swin", "brainsegfounder", "state_dict"])
+    p.add_argument("--dataset", default=None, help="target dataset id/name: report what would load where")
+    p.add_argument("--plans", default="nnUNetPlans_MultiEncoder")
+    p.add_argument("--configuration", default="3d_fullres")
+    p.add_argument("--trainer", default="nnUNetTrainerMultiEncoder")
+    p.set_defaults(func=_weights_inspect)
 
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)

@@ -108,3 +108,11 @@ def test_commands_never_modify_the_raw_dataset(raw_dataset, tmp_path):
     assert cli.main(["dataset", "restrict", "--dataset", "993", "--channels", "T2", "--dataset-id", "994"]) == 0
     assert cli.main(["example-data", "--raw", str(raw_dataset.parent), "--dataset-id", "993"]) == 2  # exists
     assert _tree_hash(raw_dataset) == before
+
+
+def test_weights_inspect_offers_every_known_format():
+    from nnunetv2_ext.transfer.formats import FORMATS
+
+    action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["weights"]
+                  ._subparsers._group_actions[0].choices["inspect"]._actions if a.dest == "format")
+    assert tuple(action.choices) == FORMATS

@@ -27,6 +27,7 @@ class ExtTrainerBase(nnUNetTrainer):
       ``transfer_report.json`` / ``.txt`` in the fold's output folder.
     """
     new_modality_init = "kaiming"  # new input channels: He init (seed 001 sec. 2.4.1), or "mean" of pretrained ones
+    pretrained_format = None       # -pretrained_weights format: None detects it (nnunetv2_ext.transfer.formats)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -51,14 +52,18 @@ class ExtTrainerBase(nnUNetTrainer):
     def load_pretrained_weights(self, fname: str):
         """Transfer ``fname`` into the network (any checkpoint of this package or nnU-Net) and save the report."""
         from nnunetv2_ext.planning.multi_encoder_plans import modality_names
-        from nnunetv2_ext.transfer import read_checkpoint, transfer_weights
+        from nnunetv2_ext.transfer import transfer_weights
+        from nnunetv2_ext.transfer.formats import read_weights, swin_prefix_of, with_source_notes
 
         if not self.was_initialized:
             self.initialize()
         network = self._plain_network()
-        source = read_checkpoint(fname)
+        # any known format (this package's / nnU-Net's, nnssl, MONAI Swin UNETR, BrainSegFounder), detected; set
+        # pretrained_format to force one
+        source = read_weights(fname, format=self.pretrained_format, swin_prefix=swin_prefix_of(network))
         state, report = transfer_weights(source, network, target_modalities=modality_names(self.dataset_json),
                                          new_modality_init=self.new_modality_init)
+        report = with_source_notes(report, source)
         network.load_state_dict(state)
         self.transfer_report = report
         self.print_to_log_file(f"Pretrained weights from {fname}:\n{report.summary()}", add_timestamp=False)

@@ -350,6 +350,13 @@ class _Transfer:
             self.tgt.encoders = []
         self._match_names()
         self.assign = self._assign()
+        # input projections of networks without a U-Net encoder structure (MONAI backbones): the target's declared
+        # keys_to_in_proj and the reader's (ExternalWeights.keys_to_in_proj, already in the target's key space)
+        self.flat_in_proj = set()
+        if not self.tgt.encoders:
+            for d in list(declared) + list(getattr(source, "keys_to_in_proj", ()) or ()):
+                if f"{d}.weight" in self.t_state:
+                    self.flat_in_proj.add(self.t_canon[f"{d}.weight"])
 
     # -- modality names ------------------------------------------------------------------------------------------------
     def _match_names(self) -> None:
@@ -557,6 +564,40 @@ class _Transfer:
         return out, self._entry(tkey, "adapted", skey, f"input blocks of width {w_t} (target<-source encoder): "
                                                        + ", ".join(blocks))
 
+    def _flat_in_proj(self, tkey: str, tval: torch.Tensor) -> Tuple[torch.Tensor, TransferEntry]:
+        """Input projection of a network without encoder structure: kernel slices by modality name."""
+        skey = self._src(tkey)
+        if skey is None:
+            return tval, self._entry(tkey, "new", None, "not in the source")
+        ks = self.s_state[skey]
+        if ks.ndim != tval.ndim or ks.shape[0] != tval.shape[0] or ks.shape[2:] != tval.shape[2:]:
+            return self._generic(tkey, tval)
+        s_names = list(self.src.names) if self.src.names and len(self.src.names) == ks.shape[1] else \
+            [f"ch{c}" for c in range(ks.shape[1])]
+        t_names = list(self.tgt.names) if self.tgt.names and len(self.tgt.names) == tval.shape[1] else \
+            [f"ch{c}" for c in range(tval.shape[1])]
+        if ks.shape == tval.shape and [_norm_name(n) for n in s_names] == [_norm_name(n) for n in t_names]:
+            return self._cast(ks, tval), self._entry(tkey, "loaded", skey)
+        loc = {}
+        for c, n in enumerate(s_names):
+            loc.setdefault(_norm_name(n), c)
+        out, mean_kernel, copied, fresh = tval.clone(), ks.float().mean(1), [], []
+        for p, name in enumerate(t_names):
+            c = loc.get(_norm_name(name))
+            if c is not None:
+                out[:, p] = self._cast(ks[:, c], tval)
+                copied.append(name)
+            else:
+                self._new_channel(out, p, mean_kernel)
+                fresh.append(name)
+        parts = [f"[{', '.join(t_names)}] from source [{', '.join(s_names)}]"]
+        if copied:
+            parts.append(f"copied {', '.join(copied)}")
+        if fresh:
+            parts.append(self._new_channel_note(fresh))
+        action = "adapted" if copied or self.mode == "mean" else "new"
+        return out, self._entry(tkey, action, skey, "; ".join(parts))
+
     def _generic(self, tkey: str, tval: torch.Tensor) -> Tuple[torch.Tensor, TransferEntry]:
         skey = self._src(tkey)
         if skey is None:
@@ -580,6 +621,8 @@ class _Transfer:
                 return self._encoder_key(i, tkey, tval)
         if self.tgt.kind == "multi" and self.src.kind == "multi" and self.tgt.encoders and _FUSION_CONV.match(tkey):
             return self._fusion_conv(tkey, tval)
+        if tkey in self.flat_in_proj:
+            return self._flat_in_proj(tkey, tval)
         return self._generic(tkey, tval)
 
     def run(self) -> Tuple[Dict[str, torch.Tensor], TransferReport]:
