@@ -143,6 +143,16 @@ def _weights_inspect(args: argparse.Namespace) -> None:
         print(inspect_weights(args.file, args.format))
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.inference.subset_predict import model_folder_from_args, predict_with_subset
+
+    folder = model_folder_from_args(args.d, args.tr, args.p, args.c)
+    written = predict_with_subset(folder, args.i, args.o, args.modalities, folds=args.f, checkpoint=args.chk,
+                                  device=args.device, overwrite=args.overwrite, num_processes=args.npp,
+                                  use_mirroring=not args.disable_tta)
+    print(f"wrote {len(written)} segmentations to {args.o} from {args.modalities}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
@@ -258,6 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configuration", default="3d_fullres")
     p.add_argument("--trainer", default="nnUNetTrainerMultiEncoder")
     p.set_defaults(func=_weights_inspect)
+
+    p = sub.add_parser("predict", help="nnU-Net prediction from a subset of the modalities (multi-encoder models)")
+    p.add_argument("-i", required=True, help="input folder: {case}_{channel:04d} files of the present modalities")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="dataset id or name")
+    p.add_argument("-c", default="3d_fullres")
+    p.add_argument("-f", nargs="+", default=["0"], help="folds")
+    p.add_argument("-tr", default="nnUNetTrainerMultiEncoderModalityDropout")
+    p.add_argument("-p", default="nnUNetPlans_MultiEncoder")
+    p.add_argument("--modalities", required=True, help="present modalities, e.g. T1,FLAIR")
+    p.add_argument("-chk", default="checkpoint_final.pth")
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
+    p.add_argument("-npp", type=int, default=1, help="processes for preprocessing/export")
+    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)

@@ -12,7 +12,8 @@ The constructor takes the ``PlainConvUNet`` keyword arguments plus JSON-serialis
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -71,6 +72,14 @@ class MultiEncoder(nn.Module):
 
     ``forward`` returns one fused skip per resolution level (the bottleneck last), like a dynamic-network-
     architectures encoder with ``return_skips=True``; ``forward_per_encoder`` returns the unfused features.
+
+    Missing modalities: ``forward(x, present)`` takes an encoder mask, ``(n_encoders,)`` for the whole batch or
+    ``(batch, n_encoders)`` per sample, of 0/1. Every encoder still runs (so it stays in the autograd graph and DDP
+    sees a gradient, zero for a dropped encoder), and its features at every level are multiplied by its mask entry
+    before fusion: with ``concat`` and ``sum`` an absent encoder contributes nothing, ``mean`` averages over the
+    present encoders only (at least one counted). This is the input-level modality dropout of ModDrop (Neverova et
+    al., TPAMI 2016) and HeMIS (Havaei et al., MICCAI 2016) applied to whole encoders. ``present=None`` uses
+    ``inference_present`` (``None``: every encoder present, the unmasked network bit for bit).
     """
 
     def __init__(self, encoders: Sequence[nn.Module], groups: Sequence[Sequence[int]],
@@ -97,6 +106,9 @@ class MultiEncoder(nn.Module):
         self._slices = [slice(g[0], g[-1] + 1) if g == list(range(g[0], g[-1] + 1)) else None for g in self.groups]
         for i, g in enumerate(self.groups):
             self.register_buffer(f"_index_{i}", torch.tensor(g, dtype=torch.long), persistent=False)
+        # the encoder mask forward uses when given none: set it to predict from a subset of modalities through
+        # nnU-Net's predictor, which calls network(x). A plain attribute: not in the state_dict, not broadcast by DDP.
+        self.inference_present: Optional[torch.Tensor] = None
 
     def select(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """The input channels of encoder ``i``."""
@@ -106,9 +118,53 @@ class MultiEncoder(nn.Module):
     def forward_per_encoder(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
         return [enc(self.select(x, i)) for i, enc in enumerate(self.encoders)]
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         per_encoder = self.forward_per_encoder(x)
-        return [fusion([skips[level] for skips in per_encoder]) for level, fusion in enumerate(self.fusions)]
+        if present is None:
+            present = self.inference_present
+        if present is None:
+            return [fusion([skips[level] for skips in per_encoder]) for level, fusion in enumerate(self.fusions)]
+        present = self._check_present(present, x.shape[0]).to(device=x.device, dtype=torch.float32)
+        n = len(self.encoders)
+        fused = []
+        for level, fusion in enumerate(self.fusions):
+            weights = present
+            if fusion.mode == "mean":
+                # the fusion divides by n: scale so it averages over the present encoders (1.0 when all present)
+                weights = present * (n / present.sum(1, keepdim=True).clamp_min(1.0))
+            features = [skips[level] for skips in per_encoder]
+            fused.append(fusion([f * weights[:, i].to(f.dtype).view(-1, *([1] * (f.ndim - 1)))
+                                 for i, f in enumerate(features)]))
+        return fused
+
+    def _check_present(self, present: torch.Tensor, batch_size: int) -> torch.Tensor:
+        n = len(self.encoders)
+        if present.ndim == 1 and present.shape[0] == n:
+            return present.unsqueeze(0).expand(batch_size, n)
+        if present.ndim == 2 and tuple(present.shape) == (batch_size, n):
+            return present
+        raise ValueError(f"present must have shape ({n},) or (batch, {n}) = ({batch_size}, {n}): one 0/1 entry per "
+                         f"encoder {self.groups}, got shape {tuple(present.shape)}")
+
+    @contextmanager
+    def presence(self, present: Optional[torch.Tensor]) -> Iterator["MultiEncoder"]:
+        """Use ``present`` as ``inference_present`` inside the block (e.g. one modality-dropout training step through
+        nnU-Net's ``train_step``, which calls ``network(data)``), and restore the previous mask afterwards."""
+        previous = self.inference_present
+        self.inference_present = present
+        try:
+            yield self
+        finally:
+            self.inference_present = previous
+
+    def channel_mask(self, present: torch.Tensor) -> torch.Tensor:
+        """The input-channel mask ``(batch, channels)`` of an encoder mask ``(batch, n_encoders)``: each channel gets
+        the entry of the encoder that reads it."""
+        encoder_of_channel = [0] * sum(len(g) for g in self.groups)
+        for i, g in enumerate(self.groups):
+            for c in g:
+                encoder_of_channel[c] = i
+        return present[:, torch.tensor(encoder_of_channel, device=present.device)]
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         output = np.int64(0)
@@ -229,8 +285,10 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
         return (f"{len(self.encoder_groups)} {self.encoder_type} encoders [{encoders}] of widths {list(widths)}, "
                 f"{self.fusion} fusion to {list(self.encoder.output_channels)}, {n_params / 1e6:.2f}M parameters")
 
-    def forward(self, x: torch.Tensor):
-        skips = self.encoder(x)
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None):
+        """``present``: optional encoder mask ``(n_encoders,)`` or ``(batch, n_encoders)`` of 0/1 (see
+        ``MultiEncoder``); ``None`` uses ``self.encoder.inference_present``, by default every encoder."""
+        skips = self.encoder(x, present)
         return self.decoder(skips)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:

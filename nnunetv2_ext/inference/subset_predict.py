@@ -1,0 +1,197 @@
+"""Prediction from any non-empty subset of a multi-encoder model's modalities, on top of nnU-Net's predictor.
+
+nnU-Net refuses a case unless every channel file exists (MIC-DKFZ/nnUNet #513, #1245). Here only the present
+modalities' files are needed: they are read with the plans' reader (as nnU-Net does), an all-zero image stands in
+for each absent channel (nnU-Net's z-score normalisation keeps it at zero: mean 0, std clamped to 1e-8), the stack
+goes through nnU-Net's own preprocessing, sliding-window prediction and export, and the absent modalities' encoders
+are masked out of the fusion (``MultiEncoder.inference_present``), so the absent images never reach the output.
+Nothing is written to disk besides the segmentations. A model trained with modality dropout
+(``nnUNetTrainerMultiEncoderModalityDropout``) is meant for this; others are accepted with a warning.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+
+from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def model_folder_from_args(dataset: Union[str, int], trainer: str = "nnUNetTrainer", plans: str = "nnUNetPlans",
+                           configuration: str = "3d_fullres") -> str:
+    """The trained model folder ``$nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION`` (as nnUNetv2_predict's
+    ``-d -tr -p -c`` name it).
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+    """
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    folder = get_output_folder(dataset, trainer, plans, configuration)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no trained model at {folder}: check -d, -tr, -p and -c (dataset {dataset}, trainer "
+                                f"{trainer}, plans {plans}, configuration {configuration}) and nnUNet_results")
+    return folder
+
+
+def _channels_of(modalities_present: Union[str, Sequence[str]], names: List[str]) -> List[int]:
+    if isinstance(modalities_present, str):
+        modalities_present = modalities_present.split(",")
+    wanted = list(dict.fromkeys(m.strip() for m in modalities_present if m.strip()))
+    if not wanted:
+        raise ValueError(f"name at least one present modality, available: {names}")
+    unknown = [m for m in wanted if m not in names]
+    if unknown:
+        raise ValueError(f"unknown modalities {unknown}: the model's dataset.json channel_names are {names}")
+    return sorted(names.index(m) for m in wanted)
+
+
+def _encoder_mask(network: MultiEncoderUNet, channels: List[int], names: List[str]) -> torch.Tensor:
+    groups = network.encoder.groups
+    present = []
+    for g in groups:
+        given = [c in channels for c in g]
+        if any(given) and not all(given):
+            raise ValueError(f"modalities {[names[c] for c in g]} share one encoder: give all of them or none "
+                             f"(given: {[names[c] for c in g if c in channels]})")
+        present.append(float(all(given)))
+    return torch.tensor(present)
+
+
+def _trainer_class(name: str) -> type:
+    """The trainer class the predictor just resolved (already imported: found among nnUNetTrainer's subclasses, which
+    avoids nnU-Net's slow search of every module), or nnU-Net's search as a fallback."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    stack = [nnUNetTrainer]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == name:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return recursive_find_trainer_class_by_name(name)
+
+
+def _find_cases(input_folder: str, file_ending: str, channels: List[int], names: List[str]
+                ) -> Dict[str, Dict[int, str]]:
+    """case id -> {channel: file} for the present channels; every case must have all of them."""
+    if not os.path.isdir(input_folder):
+        raise FileNotFoundError(f"input folder {input_folder} does not exist")
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
+    found: Dict[str, Dict[int, str]] = {}
+    for fname in sorted(os.listdir(input_folder)):
+        m = pattern.match(fname)
+        if m:
+            found.setdefault(m.group(1), {})[int(m.group(2))] = os.path.join(input_folder, fname)
+    if not found:
+        raise FileNotFoundError(f"no images named CASE_XXXX{file_ending} in {input_folder}")
+    cases = {}
+    for case, files in found.items():
+        missing = [c for c in channels if c not in files]
+        if missing:
+            raise ValueError(f"case {case} lacks the present modalities "
+                             f"{[f'{names[c]} ({case}_{c:04d}{file_ending})' for c in missing]} in {input_folder}; "
+                             f"give those files or leave the modalities out of the present list")
+        cases[case] = {c: files[c] for c in channels}
+    return cases
+
+
+def _preprocessed_cases(predictor, cases: Dict[str, Dict[int, str]], n_channels: int, output_folder: str
+                        ) -> Iterator[dict]:
+    """nnU-Net's preprocessing of each case with zeros for the absent channels, one case at a time (lazy, so memory
+    does not grow with the number of cases)."""
+    reader = predictor.plans_manager.image_reader_writer_class()
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    for case, files in cases.items():
+        channels = sorted(files)
+        images, properties = reader.read_images([files[c] for c in channels])
+        stack = np.zeros((n_channels, *images.shape[1:]), dtype=images.dtype)
+        stack[channels] = images
+        data, _, properties = preprocessor.run_case_npy(stack, None, properties, predictor.plans_manager,
+                                                        predictor.configuration_manager, predictor.dataset_json)
+        yield {"data": torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format),
+               "data_properties": properties, "ofile": os.path.join(output_folder, case)}
+
+
+def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_folder: PathLike,
+                        modalities_present: Union[Sequence[str], str], folds: Sequence[Union[int, str]] = (0,),
+                        checkpoint: str = "checkpoint_final.pth", device: Union[str, torch.device] = "cpu",
+                        overwrite: bool = False, num_processes: int = 1, use_mirroring: bool = True) -> List[str]:
+    """Segment every case of ``input_folder`` from the ``modalities_present`` only, with a trained multi-encoder.
+
+    Args:
+        model_folder: ``TRAINER__PLANS__CONFIGURATION`` folder (``model_folder_from_args``).
+        input_folder: nnU-Net raw layout ``CASE_XXXX<file_ending>``; only the present modalities' files are needed
+            (files of the other channels are ignored).
+        output_folder: where ``CASE<file_ending>`` segmentations go (with the input geometry), plus nnU-Net's
+            ``dataset.json`` / ``plans.json`` and ``predict_with_subset_args.json``.
+        modalities_present: dataset.json ``channel_names``, e.g. ``["T1", "FLAIR"]`` or ``"T1,FLAIR"``; with every
+            modality the result is nnUNetv2_predict's.
+        folds, checkpoint: as nnUNetv2_predict's ``-f`` and ``-chk`` (several folds are averaged).
+        device: ``cpu``, ``cuda`` or ``mps``.
+        overwrite: allow a non-empty output folder.
+        num_processes: processes that resample and write the segmentations.
+        use_mirroring: test-time mirroring, on the axes the checkpoint allows (none for the ``_debug`` trainers).
+
+    Returns:
+        the written segmentation files.
+
+    Like nnU-Net's predictor it starts worker processes with ``spawn``: in a script, call it under
+    ``if __name__ == "__main__":``.
+
+    Raises:
+        ValueError: unknown modality, a case without one of the present modalities' files, modalities that share an
+            encoder given in part, a model that is not a multi-encoder, a cascade configuration.
+        FileExistsError: ``output_folder`` is not empty and ``overwrite`` is False.
+        FileNotFoundError: no input images.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    model_folder, input_folder, output_folder = map(os.fspath, (model_folder, input_folder, output_folder))
+    dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
+    names = [dataset_json["channel_names"][str(i)] for i in range(len(dataset_json["channel_names"]))]
+    channels = _channels_of(modalities_present, names)
+    cases = _find_cases(input_folder, dataset_json["file_ending"], channels, names)
+    if os.path.isdir(output_folder) and os.listdir(output_folder) and not overwrite:
+        raise FileExistsError(f"output folder {output_folder} is not empty: choose an empty one or pass overwrite")
+
+    device = torch.device(device)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name=checkpoint)
+    network = getattr(predictor.network, "_orig_mod", predictor.network)
+    if not isinstance(network, MultiEncoderUNet):
+        raise ValueError(f"subset prediction needs a multi-encoder: {model_folder} holds a "
+                         f"{type(network).__name__} ({predictor.trainer_name}); predict it with nnUNetv2_predict "
+                         f"and every modality")
+    if predictor.configuration_manager.previous_stage_name is not None:
+        raise ValueError(f"subset prediction supports single-stage configurations, {model_folder} is a cascade stage")
+
+    present = _encoder_mask(network, channels, names)
+    if bool(present.all()):
+        network.encoder.inference_present = None  # every modality: exactly nnU-Net's prediction
+    else:
+        if not getattr(_trainer_class(predictor.trainer_name), "modality_dropout_p", 0):
+            warnings.warn(f"{predictor.trainer_name} was not trained with modality dropout: predictions without "
+                          f"{[n for i, n in enumerate(names) if i not in channels]} will be poor; train "
+                          f"nnUNetTrainerMultiEncoderModalityDropout for missing modalities", stacklevel=2)
+        network.encoder.inference_present = present
+
+    os.makedirs(output_folder, exist_ok=True)
+    save_json(dataset_json, os.path.join(output_folder, "dataset.json"), sort_keys=False)
+    save_json(predictor.plans_manager.plans, os.path.join(output_folder, "plans.json"), sort_keys=False)
+    save_json({"model_folder": model_folder, "input_folder": input_folder, "modalities_present":
+               [names[c] for c in channels], "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+               "use_mirroring": use_mirroring}, os.path.join(output_folder, "predict_with_subset_args.json"))
+    predictor.predict_from_data_iterator(_preprocessed_cases(predictor, cases, len(names), output_folder),
+                                         save_probabilities=False, num_processes_segmentation_export=num_processes)
+    return [os.path.join(output_folder, case + dataset_json["file_ending"]) for case in cases]
