@@ -1,0 +1,390 @@
+"""Self-supervised pretext trainers: Swin UNETR proxy tasks and cross-modality prediction, as nnU-Net trainers.
+
+Like ``nnUNetTrainerVolumeFusion`` they ignore the dataset's labels: every training and validation batch is replaced on
+the device by a pretext batch built with the pure functions of ``nnunetv2_ext.pretext`` and nnU-Net's own
+``train_step`` does the optimisation. The network is the one the plans name (``MultiEncoderUNet``, ``PlainConvUNet``,
+``ResidualEncoderUNet``), built with its own output count, so its ``encoder.*`` / ``decoder.*`` tensors keep their
+names and ``-pretrained_weights`` of a fine-tuning run maps them (``nnunetv2_ext.transfer``). Segmentation validation
+is skipped; the per-epoch validation logs pretext metrics, and the "pseudo dice" slot of nnU-Net's log and
+``progress.png`` carries one of them (named in each trainer's docstring). The checkpoints are for weight transfer,
+not for ``nnUNetv2_predict``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from torch import autocast, nn
+from torch import distributed as dist
+from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunetv2_ext.pretext import swin_proxies as sp
+from nnunetv2_ext.pretext.cross_modality import SSIM_WIN_SIZE, psnr, resolve_channels, split_modalities, ssim3d
+from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shared pieces
+
+
+class WarmupCosineLRScheduler(_LRScheduler):
+    """Linear warm-up then cosine decay to 0, stepped once per epoch like nnU-Net's ``PolyLRScheduler``.
+
+    ``lr(e) = lr0 (e + 1) / W`` for ``e < W``, then ``lr0 (1 + cos(pi (e - W) / (T - W))) / 2`` (MONAI Pretrain
+    ``optimizers.lr_scheduler.WarmupCosineSchedule`` with one half cosine; warm-up starts at ``lr0 / W``, not 0, so no
+    epoch is spent at lr 0).
+    """
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup_steps: int, current_step: int = None):
+        if warmup_steps < 0 or max_steps < 1:
+            raise ValueError(f"need max_steps >= 1 and warmup_steps >= 0, got {max_steps} and {warmup_steps}")
+        self.optimizer = optimizer
+        self.initial_lr = initial_lr
+        self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        self.ctr = 0
+        super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.initial_lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.lr_at(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def _gather(values, is_ddp: bool) -> np.ndarray:
+    """Values of this worker (any shape), concatenated with those of every DDP worker."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if is_ddp:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, values)
+        values = np.concatenate(gathered)
+    return values
+
+
+def _autocast(device: torch.device):
+    """nnU-Net's choice: autocast on CUDA only."""
+    return autocast(device.type, enabled=True) if device.type == "cuda" else dummy_context()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Swin UNETR proxy tasks
+
+
+class SSLOutput(NamedTuple):
+    reconstruction: torch.Tensor  # (B, C_in, *spatial): the decoder's image
+    rotation_logits: torch.Tensor  # (B, 4)
+    projection: torch.Tensor  # (B, projection_dim): the contrastive embedding
+
+
+class SSLHeads(nn.Module):
+    """Rotation and contrastive heads on the bottleneck (Tang et al. 2022; MONAI Pretrain ``SSLHead``:
+    ``rotation_head = Linear(dim, 4)``, ``contrastive_head = Linear(dim, 512)``, each reading one Swin token).
+
+    A convolutional bottleneck has no tokens; both heads read its average over a ``grid``^D grid of cells (D spatial
+    axes), flattened. Not one global average: after nnU-Net's InstanceNorm every channel has mean 0 and variance 1
+    before the last nonlinearity, so global means are nearly the same for every image (cosine similarity 0.999
+    between two unrelated inputs of the untrained multi-encoder), and a global average cannot see where things are,
+    which is what a rotation changes; the cells keep the coarse layout. ``grid=1`` gives the global average.
+    """
+
+    def __init__(self, in_channels: int, spatial_dims: int = 3, grid: int = 2, n_rotations: int = sp.N_ROTATIONS,
+                 projection_dim: int = sp.PROJECTION_DIM):
+        super().__init__()
+        if spatial_dims not in (2, 3) or grid < 1:
+            raise ValueError(f"SSLHeads needs spatial_dims 2 or 3 and grid >= 1, got {spatial_dims} and {grid}")
+        self.grid = grid
+        self.spatial_dims = spatial_dims
+        features = in_channels * grid ** spatial_dims
+        self.rotation = nn.Linear(features, n_rotations)
+        self.contrastive = nn.Linear(features, projection_dim)
+
+    def forward(self, bottleneck: torch.Tensor):
+        pool = F.adaptive_avg_pool3d if self.spatial_dims == 3 else F.adaptive_avg_pool2d
+        pooled = pool(bottleneck, self.grid).flatten(1)
+        return self.rotation(pooled), self.contrastive(pooled)
+
+
+class SSLWrapper(nn.Module):
+    """A dynamic-network-architectures U-Net (``encoder`` returning the skips, ``decoder(skips)``) plus SSL heads.
+
+    The backbone's ``encoder`` and ``decoder`` are registered here under the same names, so the state dict keys are
+    the backbone's own (``encoder.*``, ``decoder.*``) plus ``ssl_heads.*``, which the weight transfer reports as
+    ``ignored`` when fine-tuning. The attributes the transfer reads from a target network (``encoder_groups``,
+    ``modality_names``, ``keys_to_in_proj``, ...) are copied, so a wrapper can also receive pretrained weights
+    (two-stage pretraining). ``forward`` returns an :class:`SSLOutput`; the reconstruction is the decoder output.
+    """
+    TRANSFER_ATTRIBUTES = ("encoder_groups", "modality_names", "keys_to_in_proj", "key_to_encoder", "key_to_stem",
+                           "fusion", "encoder_type")
+
+    def __init__(self, network: nn.Module, heads: nn.Module):
+        super().__init__()
+        missing = [a for a in ("encoder", "decoder") if not isinstance(getattr(network, a, None), nn.Module)]
+        if missing:
+            raise ValueError(f"SSL heads need a U-Net with an `encoder` returning its skips and a `decoder(skips)` "
+                             f"(dynamic-network-architectures style); {type(network).__name__} has no {missing}")
+        self.encoder = network.encoder
+        self.decoder = network.decoder
+        self.ssl_heads = heads
+        self.backbone_class = type(network).__name__
+        for name in self.TRANSFER_ATTRIBUTES:
+            if hasattr(network, name):
+                setattr(self, name, getattr(network, name))
+
+    def forward(self, x: torch.Tensor) -> SSLOutput:
+        skips = self.encoder(x)
+        rotation, projection = self.ssl_heads(skips[-1])
+        return SSLOutput(self.decoder(skips), rotation, projection)
+
+
+class SwinProxiesLoss(nn.Module):
+    """``sp.swin_proxy_losses`` on an :class:`SSLOutput` and the target ``[reconstruction target, rotation]``;
+    keeps the last unweighted parts (detached) for the logs."""
+
+    def __init__(self, weights: Dict[str, float], temperature: float):
+        super().__init__()
+        self.weights = dict(weights)
+        self.temperature = temperature
+        self.last_parts: Dict[str, torch.Tensor] = {}
+
+    def forward(self, output: SSLOutput, target: Sequence[torch.Tensor]) -> torch.Tensor:
+        image, rotation = target
+        total, parts = sp.swin_proxy_losses(output.reconstruction, output.rotation_logits, output.projection, image,
+                                            rotation, self.weights, self.temperature)
+        self.last_parts = {k: v.detach() for k, v in parts.items()}
+        return total
+
+
+class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
+    """Swin UNETR self-supervision (Tang et al. 2022; seed 001 sec. 2.3) on the plans' U-Net.
+
+    Each batch becomes two views per sample (rotated by k x 90 deg over the last two axes and box-masked,
+    ``nnunetv2_ext.pretext.swin_proxies.two_views``), fed as one batch of 2B. The decoder reconstructs the rotated,
+    unmasked image (as many outputs as input channels; L1), the heads on the bottleneck predict the rotation (CE) and
+    give the contrastive embedding (NT-Xent, temperature 0.5), weights 1/1/1; AdamW lr 4e-4, weight decay 0.1,
+    warm-up + cosine (MONAI Pretrain defaults, docs REFERENCE "Swin UNETR self-supervision").
+
+    Deviations, on purpose: a U-Net decoder with skips reconstructs (MONAI: a skip-free upsampling head); the heads
+    read the bottleneck averaged over a 2^D grid (MONAI: two Swin tokens; see SSLHeads); nnU-Net's patch,
+    augmentation and epochs, without mirroring (a mirrored image is indistinguishable from one rotated by another k);
+    patches with unequal last two sizes are centre-cropped square. Validation logs the three losses and the rotation
+    accuracy, which fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is then the best
+    rotation accuracy).
+    """
+    initial_lr = 4e-4                    # MONAI Pretrain main.py --lr
+    weight_decay = 0.1                   # MONAI Pretrain main.py --decay (AdamW)
+    warmup_epochs = 2                    # MONAI: 500 warm-up steps = 2 nnU-Net epochs of 250 iterations
+    loss_weights = dict(sp.LOSS_WEIGHTS)  # reconstruction / rotation / contrastive, all 1 (Tang et al. 2022, L_tot)
+    temperature = sp.TEMPERATURE         # NT-Xent temperature 0.5
+    projection_dim = sp.PROJECTION_DIM   # contrastive head Linear(., 512)
+    head_grid = 2                        # heads read the bottleneck averaged over a 2^D grid (see SSLHeads)
+    mask_kwargs: Dict[str, float] = {}   # e.g. {"max_fraction": 0.3}: overrides of sp.random_box_mask's defaults
+    pretext_seed = 12345                 # training stream: pretext_seed + rank; validation: fixed per batch index
+    oversample_foreground_percent = 0.0  # the pretext has no foreground class to oversample
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self._train_generator = None
+        self._val_batch = 0
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = False) -> nn.Module:
+        """The plans' network with one output per input channel (the reconstruction) plus the SSL heads."""
+        network = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                         configuration_manager.network_arch_init_kwargs,
+                                         configuration_manager.network_arch_init_kwargs_req_import,
+                                         num_input_channels, num_input_channels, allow_init=True,
+                                         deep_supervision=enable_deep_supervision)
+        heads = SSLHeads(int(network.encoder.output_channels[-1]), convert_conv_op_to_dim(network.encoder.conv_op),
+                         cls.head_grid, sp.N_ROTATIONS, cls.projection_dim)
+        return SSLWrapper(network, heads)
+
+    def _build_loss(self):
+        return SwinProxiesLoss(self.loss_weights, self.temperature)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        scheduler = WarmupCosineLRScheduler(optimizer, self.initial_lr, self.num_epochs,
+                                            min(self.warmup_epochs, self.num_epochs))
+        return optimizer, scheduler
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.batch_size < 2:
+            self.print_to_log_file(f"Warning: batch size {self.batch_size} per process: NT-Xent then has no negative "
+                                   f"pairs and the contrastive loss is constant")
+        self._train_generator = torch.Generator(device=self.device).manual_seed(self.pretext_seed + self.local_rank)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._val_batch = 0
+
+    def _pretext_batch(self, batch: dict, generator: torch.Generator) -> dict:
+        """Two views per sample as one batch ``[views 1; views 2]``; target ``[unmasked views, rotation classes]``."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        if data.shape[-1] != data.shape[-2]:
+            data = sp.center_square(data)
+        views = sp.two_views(data, generator, **self.mask_kwargs)
+        target = [torch.cat([views["target1"], views["target2"]]), torch.cat([views["rot1"], views["rot2"]])]
+        return {**batch, "data": torch.cat([views["view1"], views["view2"]]), "target": target}
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(self._pretext_batch(batch, self._train_generator))
+        return {**out, **{k: float(v) for k, v in self.loss.last_parts.items()}}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        parts = {k: _gather([o[k] for o in train_outputs], self.is_ddp).mean() for k in self.loss_weights}
+        self.print_to_log_file("train losses: " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items()))
+
+    def validation_step(self, batch: dict) -> dict:
+        # the same views for validation batch i in every epoch, so the curves are comparable
+        generator = torch.Generator(device=self.device).manual_seed(self.pretext_seed + 1_000_003 + self._val_batch)
+        self._val_batch += 1
+        batch = self._pretext_batch(batch, generator)
+        with _autocast(self.device):
+            output = self.network(batch["data"])
+            loss = self.loss(output, batch["target"])
+        correct = output.rotation_logits.argmax(1) == batch["target"][1]
+        return {"loss": float(loss), "rotation_correct": int(correct.sum()), "rotation_total": int(correct.numel()),
+                **{k: float(v) for k, v in self.loss.last_parts.items()}}
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        outputs = collate_outputs(val_outputs)
+        loss = _gather(outputs["loss"], self.is_ddp).mean()
+        accuracy = _gather(outputs["rotation_correct"], self.is_ddp).sum() / \
+            _gather(outputs["rotation_total"], self.is_ddp).sum()
+        parts = {k: _gather(outputs[k], self.is_ddp).mean() for k in self.loss_weights}
+        self.logger.log("mean_fg_dice", accuracy, self.current_epoch)
+        self.logger.log("dice_per_class_or_region", [accuracy], self.current_epoch)
+        self.logger.log("val_losses", loss, self.current_epoch)
+        self.print_to_log_file("validation losses: " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items()) +
+                               f"; rotation accuracy {accuracy:.4f} (shown as 'Pseudo dice')")
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("Swin UNETR proxy pretraining: no segmentation validation (the pretext has no labels); "
+                               "see the losses and the rotation accuracy ('Pseudo dice') in the log and progress.png")
+
+
+class nnUNetTrainerSwinProxies_debug(nnUNetTrainerSwinProxies):
+    """3 epochs of 4 iterations (1 warm-up epoch), no mirroring: smoke tests and CPU examples."""
+    num_epochs = 3
+    num_iterations_per_epoch = 4
+    num_val_iterations_per_epoch = 2
+    save_every = 1
+    warmup_epochs = 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# cross-modality prediction
+
+
+class nnUNetTrainerCrossModality(ExtTrainerBase):
+    """Cross-modality prediction (seed 002 sec. 3.1): the plans' network predicts ``target_modalities`` (FLAIR) from
+    ``input_modalities`` (T1, T1Gd) with an MSE loss; Adam, lr 1e-4 (seed 002 sec. 4.2) with nnU-Net's polynomial
+    decay (the seed's StepLR halves the lr every 10 data epochs, which nnU-Net's 250-iteration epochs do not map to).
+
+    The input keeps every channel, those outside ``input_modalities`` zeroed (``split_modalities(mode="zero")``), so a
+    multi-encoder keeps one encoder per modality and the checkpoint maps onto the fine-tuning network by name.
+    Modalities are resolved against dataset.json ``channel_names`` (a ``ValueError`` lists the available ones).
+    Validation logs MSE (the validation loss), PSNR and SSIM (seed 002 sec. 4.3.1; data range = each target's range);
+    SSIM fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is the best SSIM).
+    """
+    input_modalities = ("T1", "T1Gd")    # seed 002 sec. 3.1
+    target_modalities = ("FLAIR",)       # seed 002 sec. 3.1
+    initial_lr = 1e-4                    # seed 002 sec. 4.2, Adam
+    weight_decay = 0.0                   # seed 002 names none
+    oversample_foreground_percent = 0.0  # the pretext has no foreground class to oversample
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        names = dataset_json.get("channel_names", dataset_json.get("modality")) or {}
+        self.input_channels = resolve_channels(names, self.input_modalities)
+        self.target_channels = resolve_channels(names, self.target_modalities)
+        both = sorted(set(self.input_modalities) & set(self.target_modalities))
+        if set(self.input_channels) & set(self.target_channels):
+            raise ValueError(f"{self.__class__.__name__}: modalities {both or self.target_modalities} are both input "
+                             f"and target; set input_modalities and target_modalities to disjoint channel names")
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = False) -> nn.Module:
+        """The plans' network with one output per target modality."""
+        return get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, len(cls.target_modalities), allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
+
+    def _build_loss(self):
+        return nn.MSELoss()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _pretext_batch(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        inputs, target = split_modalities(data, self.target_channels, self.input_channels, mode="zero")
+        return {**batch, "data": inputs, "target": target}
+
+    def train_step(self, batch: dict) -> dict:
+        return super().train_step(self._pretext_batch(batch))
+
+    def validation_step(self, batch: dict) -> dict:
+        batch = self._pretext_batch(batch)
+        with _autocast(self.device):
+            pred = self.network(batch["data"])
+            loss = self.loss(pred, batch["target"])
+        pred, target = pred.float(), batch["target"].float()
+        win = min(SSIM_WIN_SIZE, *pred.shape[2:])
+        return {"loss": float(loss), "psnr": psnr(pred, target).cpu().numpy(),
+                "ssim": ssim3d(pred, target, win_size=win).cpu().numpy()}
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        outputs = collate_outputs(val_outputs)
+        mse = _gather(outputs["loss"], self.is_ddp).mean()
+        psnr_db = _gather(outputs["psnr"], self.is_ddp).mean()
+        ssim = _gather(outputs["ssim"], self.is_ddp).mean()
+        self.logger.log("mean_fg_dice", ssim, self.current_epoch)
+        self.logger.log("dice_per_class_or_region", [ssim], self.current_epoch)
+        self.logger.log("val_losses", mse, self.current_epoch)
+        self.print_to_log_file(f"validation {'+'.join(self.input_modalities)} -> {'+'.join(self.target_modalities)}: "
+                               f"MSE {mse:.4f}, PSNR {psnr_db:.2f} dB, SSIM {ssim:.4f} (shown as 'Pseudo dice')")
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("Cross-modality pretraining: no segmentation validation (the pretext has no labels); "
+                               "see MSE, PSNR and SSIM ('Pseudo dice') in the log and progress.png")
+
+
+class nnUNetTrainerCrossModality_debug(NoMirroringMixin, nnUNetTrainerCrossModality):
+    """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""
+    num_epochs = 3
+    num_iterations_per_epoch = 4
+    num_val_iterations_per_epoch = 2
+    save_every = 1
