@@ -10,6 +10,16 @@ from typing import List, Optional
 def _plans(args: argparse.Namespace) -> None:
     from nnunetv2_ext.planning.multi_encoder_plans import write_multi_encoder_plans
 
+    if args.arch != "multi_encoder":
+        from nnunetv2_ext.planning.backbones import write_backbone_plans
+
+        path, notes = write_backbone_plans(args.dataset, args.arch, source_plans=args.source_plans,
+                                           plans_name=args.plans_name, overwrite=args.overwrite,
+                                           preset_file=args.preset)
+        for note in notes:
+            print(note)
+        print(f"wrote {path}")
+        return
     path = write_multi_encoder_plans(args.dataset, source_plans=args.source_plans, plans_name=args.plans_name,
                                      preset_file=args.preset, overwrite=args.overwrite, encoder=args.encoder,
                                      fusion=args.fusion, encoder_groups=args.groups, encoder_width=args.encoder_width)
@@ -153,6 +163,10 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} segmentations to {args.o} from {args.modalities}")
 
 
+# kept equal to planning.backbones.BACKBONE_NAMES by a test (no torch import to build the parser)
+ARCHITECTURES = ("multi_encoder", "swin_unetr", "segresnet", "unetr", "stunet_s", "stunet_b", "stunet_l")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
@@ -161,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plans", help="derive multi-encoder plans from a dataset's nnU-Net plans")
     p.add_argument("dataset", help="dataset id or name (as for nnUNetv2_train)")
-    p.add_argument("--arch", choices=["multi_encoder"], default="multi_encoder")
+    p.add_argument("--arch", default="multi_encoder", choices=ARCHITECTURES,
+                   help="multi_encoder (default) or an alternative backbone")
     p.add_argument("--encoder", choices=["plain", "residual"], default=None,
                    help="encoder blocks (default: follow the source plans: PlainConvUNet -> plain, ResEnc -> residual)")
     p.add_argument("--fusion", choices=["concat", "sum", "mean"], default=None, help="default concat")

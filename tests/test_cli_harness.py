@@ -116,3 +116,9 @@ def test_weights_inspect_offers_every_known_format():
     action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["weights"]
                   ._subparsers._group_actions[0].choices["inspect"]._actions if a.dest == "format")
     assert tuple(action.choices) == FORMATS
+
+
+def test_plans_offers_every_backbone():
+    from nnunetv2_ext.planning.backbones import BACKBONE_NAMES
+
+    assert cli.ARCHITECTURES == ("multi_encoder",) + BACKBONE_NAMES

@@ -4,3 +4,6 @@ from nnunetv2_ext.training.multi_encoder import (nnUNetTrainerMultiEncoder, nnUN
                                                nnUNetTrainerMultiEncoderSSL, nnUNetTrainerMultiEncoderSSL_debug)
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion, nnUNetTrainerVolumeFusion_debug  # noqa: F401
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla, nnUNetTrainerVanilla_debug  # noqa: F401
+from nnunetv2_ext.training.modality_dropout import nnUNetTrainerMultiEncoderModalityDropout, nnUNetTrainerMultiEncoderModalityDropout_debug  # noqa: F401,E501
+from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerCrossModality_debug, nnUNetTrainerSwinProxies, nnUNetTrainerSwinProxies_debug  # noqa: F401
+from nnunetv2_ext.training.backbones import (nnUNetTrainerBackbone, nnUNetTrainerBackbone_debug, nnUNetTrainerSegResNet, nnUNetTrainerSegResNet_debug, nnUNetTrainerSwinUNETR, nnUNetTrainerSwinUNETR_debug, nnUNetTrainerUNETR, nnUNetTrainerUNETR_debug, nnUNetTrainerVolumeFusionBackbone, nnUNetTrainerVolumeFusionBackbone_debug)  # noqa: F401,E501

@@ -1,0 +1,221 @@
+"""Tests for nnunetv2_ext.planning.backbones (pure functions on a real, shrunk nnU-Net plans file)."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunetv2_ext.planning.backbones import (BACKBONE_NAMES, RESENC_CLASS, STUNET_PRESETS, SWIN_UNETR_SEED000_PRESET,
+                                             backbone_architecture, backbone_class_name, derive_backbone_plans,
+                                             write_backbone_plans)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MONAI = ("swin_unetr", "segresnet", "unetr")
+SUFFIXES = {"swin_unetr": "SwinUNETR", "segresnet": "SegResNet", "unetr": "UNETR", "stunet_s": "STUNetS",
+            "stunet_b": "STUNetB", "stunet_l": "STUNetL"}
+
+
+@pytest.fixture()
+def plans():
+    return json.loads((FIXTURES / "nnUNetPlans_tiny.json").read_text())
+
+
+@pytest.fixture()
+def dataset_json():
+    return json.loads((FIXTURES / "dataset_tiny.json").read_text())
+
+
+def _without(d, *keys):
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def _count(config, num_classes=3):
+    arch = config["architecture"]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 4,
+                                 num_classes, allow_init=False, deep_supervision=False)
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_names_and_default_plans_names(plans, dataset_json):
+    assert set(BACKBONE_NAMES) == set(SUFFIXES)
+    for name, suffix in SUFFIXES.items():
+        new, _ = derive_backbone_plans(plans, dataset_json, name)
+        assert new["plans_name"] == f"nnUNetPlans_{suffix}"
+    new, _ = derive_backbone_plans(plans, dataset_json, "segresnet", plans_name="Mine")
+    assert new["plans_name"] == "Mine"
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_derive_keeps_everything_else_and_copies(plans, dataset_json, name):
+    before = copy.deepcopy(plans)
+    new, _ = derive_backbone_plans(plans, dataset_json, name)
+    assert plans == before  # the caller's dict is not touched
+    assert _without(new, "plans_name", "configurations") == _without(plans, "plans_name", "configurations")
+    for cname, config in plans["configurations"].items():
+        derived = new["configurations"][cname]
+        # spacing, normalisation, data identifier (the preprocessed data is reused), resampling, batch size: as planned
+        assert _without(derived, "architecture", "patch_size") == _without(config, "architecture", "patch_size")
+        assert len(derived["patch_size"]) == len(config["patch_size"])
+        assert all(n >= o for n, o in zip(derived["patch_size"], config["patch_size"]))
+        assert derived["architecture"]["network_class_name"] == backbone_class_name(name)
+        json.dumps(derived)  # JSON-serialisable
+
+
+def test_patch_rounding_and_notes(plans, dataset_json):
+    new, notes = derive_backbone_plans(plans, dataset_json, "swin_unetr")
+    assert new["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 32]
+    assert new["configurations"]["2d"]["patch_size"] == [64, 32]
+    assert any(n.startswith("3d_fullres: patch [32, 40, 32] -> [32, 64, 32] for SwinUNETR (multiples of 32")
+               for n in notes), notes
+    new, notes = derive_backbone_plans(plans, dataset_json, "unetr")
+    config = new["configurations"]["3d_fullres"]
+    assert config["patch_size"] == [32, 48, 32] == config["architecture"]["arch_kwargs"]["img_size"]
+    assert "3d_fullres: patch [32, 40, 32] -> [32, 48, 32] for UNETR (multiples of 16)" in notes
+    # SegResNet's default 4 levels need multiples of 8: the planned patch already is
+    new, notes = derive_backbone_plans(plans, dataset_json, "segresnet")
+    assert new["configurations"]["3d_fullres"]["patch_size"] == [32, 40, 32]
+    assert not any("->" in n for n in notes)
+    new, notes = derive_backbone_plans(plans, dataset_json, "segresnet", blocks_down=[1, 1, 1, 1, 1, 1])
+    assert new["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 32]
+    assert "3d_fullres: patch [32, 40, 32] -> [32, 64, 32] for SegResNet (multiples of 32)" in notes
+
+
+def test_monai_arch_kwargs(plans, dataset_json):
+    swin, _ = derive_backbone_plans(plans, dataset_json, "swin_unetr", feature_size=24)
+    arch = swin["configurations"]["3d_fullres"]["architecture"]
+    assert arch["arch_kwargs"] == {"feature_size": 24, "spatial_dims": 3}
+    assert arch["_kw_requires_import"] == []
+    assert swin["configurations"]["2d"]["architecture"]["arch_kwargs"]["spatial_dims"] == 2
+    seg, _ = derive_backbone_plans(plans, dataset_json, "segresnet")
+    kwargs = seg["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert kwargs["dsdepth"] == 3 and kwargs["init_filters"] == 32
+    # nnU-Net reads its deep supervision scales from arch_kwargs['strides']
+    assert PlansManager(seg).get_configuration("3d_fullres").pool_op_kernel_sizes == \
+        [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    plain, _ = derive_backbone_plans(plans, dataset_json, "segresnet", deep_supervision=False)
+    assert {"dsdepth", "strides"}.isdisjoint(plain["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"])
+
+
+def test_derive_is_idempotent_and_keeps_existing_backbone_kwargs(plans, dataset_json):
+    for name in BACKBONE_NAMES:
+        once, _ = derive_backbone_plans(plans, dataset_json, name)
+        twice, notes = derive_backbone_plans(once, dataset_json, name, plans_name=once["plans_name"])
+        assert twice == once, name
+        assert not any("->" in n for n in notes)
+    swin, _ = derive_backbone_plans(plans, dataset_json, "swin_unetr", feature_size=24)
+    again, _ = derive_backbone_plans(swin, dataset_json, "swin_unetr", depths=[1, 1, 1, 1])
+    assert again["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["feature_size"] == 24
+
+
+def test_stunet_presets(plans, dataset_json):
+    counts = {}
+    for name, preset in STUNET_PRESETS.items():
+        new, notes = derive_backbone_plans(plans, dataset_json, name)
+        config, source = new["configurations"]["3d_fullres"], plans["configurations"]["3d_fullres"]
+        arch, src = config["architecture"], source["architecture"]
+        assert arch["network_class_name"] == RESENC_CLASS
+        assert arch["_kw_requires_import"] == ["conv_op", "norm_op", "dropout_op", "nonlin"]
+        kwargs = arch["arch_kwargs"]
+        for key in ("n_stages", "strides", "kernel_sizes", "conv_op", "norm_op", "nonlin"):
+            assert kwargs[key] == src["arch_kwargs"][key]
+        assert kwargs["features_per_stage"] == preset["widths"][:4]
+        assert kwargs["n_blocks_per_stage"] == [preset["blocks"]] * 4
+        assert kwargs["n_conv_per_stage_decoder"] == [2 * preset["blocks"]] * 3
+        assert config["patch_size"] == source["patch_size"]
+        assert any("STU-Net's 6 stages, the plans' 4" in n for n in notes)
+        counts[name] = _count(new["configurations"]["2d"])  # 2D: the same widths, fewer weights to allocate
+    assert counts["stunet_s"] < counts["stunet_b"] < counts["stunet_l"], counts
+
+
+def test_stunet_widths_repeat_beyond_six_stages(plans):
+    config = copy.deepcopy(plans["configurations"]["2d"])
+    kwargs = config["architecture"]["arch_kwargs"]
+    kwargs.update(n_stages=8, strides=[[1, 1]] + [[2, 2]] * 7, kernel_sizes=[[3, 3]] * 8)
+    new, _ = backbone_architecture("stunet_b", config)
+    assert new["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
+
+
+def test_stunet_patch_request_replans_the_topology(plans):
+    new, notes = backbone_architecture("stunet_s", plans["configurations"]["3d_fullres"], patch_size=[64, 64, 64])
+    kwargs = new["architecture"]["arch_kwargs"]
+    assert new["patch_size"] == [64, 64, 64]
+    assert kwargs["n_stages"] == len(kwargs["strides"]) == len(kwargs["features_per_stage"]) == 5
+    assert kwargs["features_per_stage"] == [16, 32, 64, 128, 256]
+    assert "patch [32, 40, 32] -> [64, 64, 64] (requested)" in notes
+
+
+def test_seed000_swin_unetr_preset(plans, dataset_json):
+    new, notes = derive_backbone_plans(plans, dataset_json, "swin_unetr", preset=SWIN_UNETR_SEED000_PRESET)
+    config = new["configurations"]["3d_fullres"]
+    assert config["patch_size"] == [96, 96, 96] and config["batch_size"] == 4
+    assert config["architecture"]["arch_kwargs"]["feature_size"] == 48
+    assert "3d_fullres: patch [32, 40, 32] -> [96, 96, 96] (requested)" in notes
+    assert new["configurations"]["2d"]["batch_size"] == plans["configurations"]["2d"]["batch_size"]
+    # an explicit option wins over the preset's
+    new, _ = derive_backbone_plans(plans, dataset_json, "swin_unetr", preset=SWIN_UNETR_SEED000_PRESET,
+                                   feature_size=24)
+    assert new["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["feature_size"] == 24
+
+
+def test_configurations_without_architecture_are_left_alone(plans, dataset_json):
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "2d"}
+    new, notes = derive_backbone_plans(plans, dataset_json, "swin_unetr")
+    assert new["configurations"]["3d_cascade_fullres"] == plans["configurations"]["3d_cascade_fullres"]
+    assert "3d_cascade_fullres: inherits its network from 3d_fullres" in notes
+    resolved = PlansManager(new).get_configuration("3d_cascade_fullres")
+    assert resolved.network_arch_class_name == backbone_class_name("swin_unetr")
+
+
+def test_errors(plans, dataset_json):
+    with pytest.raises(ValueError, match="unknown backbone 'swinunetr'; available: swin_unetr, segresnet, unetr, "
+                                         "stunet_s, stunet_b, stunet_l"):
+        derive_backbone_plans(plans, dataset_json, "swinunetr")
+    config = plans["configurations"]["3d_fullres"]
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        backbone_architecture("swin_unetr", config, norm_layer=object())
+    with pytest.raises(ValueError, match="takes no options"):
+        backbone_architecture("stunet_s", config, feature_size=12)
+    with pytest.raises(ValueError, match="no deep supervision option"):
+        backbone_architecture("unetr", config, deep_supervision=True)
+    swin, _ = backbone_architecture("swin_unetr", config)
+    with pytest.raises(ValueError, match="derive from nnU-Net's own plans"):
+        backbone_architecture("stunet_b", swin)
+    with pytest.raises(ValueError, match="no 'architecture'"):
+        backbone_architecture("segresnet", {"inherits_from": "3d_fullres"})
+    with pytest.raises(ValueError, match="preset changes configuration '3d_lowres'"):
+        derive_backbone_plans(plans, dataset_json, "unetr",
+                              preset={"configurations": {"3d_lowres": {"patch_size": [32, 32, 32]}}})
+    with pytest.raises(ValueError, match=r"preset keys \['spacing'\]"):
+        derive_backbone_plans(plans, dataset_json, "unetr", preset={"configurations": {"3d_fullres": {"spacing": 1}}})
+
+
+@pytest.fixture()
+def preprocessed(tmp_path, monkeypatch):
+    folder = tmp_path / "Dataset992_Tiny"
+    folder.mkdir()
+    (folder / "nnUNetPlans.json").write_text((FIXTURES / "nnUNetPlans_tiny.json").read_text())
+    (folder / "dataset.json").write_text((FIXTURES / "dataset_tiny.json").read_text())
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    return folder
+
+
+def test_write_backbone_plans(preprocessed, tmp_path):
+    path, notes = write_backbone_plans(992, "unetr")
+    assert Path(path) == preprocessed / "nnUNetPlans_UNETR.json"
+    written = json.loads(Path(path).read_text())
+    assert written["plans_name"] == "nnUNetPlans_UNETR"
+    assert written["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["img_size"] == [32, 48, 32]
+    assert any("-> [32, 48, 32]" in n for n in notes)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_backbone_plans(992, "unetr")
+    write_backbone_plans(992, "unetr", overwrite=True, feature_size=8)
+    assert json.loads(Path(path).read_text())["configurations"]["2d"]["architecture"]["arch_kwargs"][
+        "feature_size"] == 8
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps(SWIN_UNETR_SEED000_PRESET))
+    path, _ = write_backbone_plans(992, "swin_unetr", plans_name="nnUNetPlans_SwinSeed", preset_file=str(preset))
+    assert json.loads(Path(path).read_text())["configurations"]["3d_fullres"]["batch_size"] == 4
+    with pytest.raises(FileNotFoundError, match="nnUNetv2_plan_and_preprocess -d 992"):
+        write_backbone_plans(992, "unetr", source_plans="nnUNetResEncUNetMPlans")
