@@ -164,7 +164,8 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 # kept equal to planning.backbones.BACKBONE_NAMES by a test (no torch import to build the parser)
-ARCHITECTURES = ("multi_encoder", "swin_unetr", "segresnet", "unetr", "stunet_s", "stunet_b", "stunet_l")
+ARCHITECTURES = ("multi_encoder", "swin_unetr", "segresnet", "unetr", "stunet_s", "stunet_b", "stunet_l", "pctnet",
+                 "transbts")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,3 +7,5 @@ from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla, nnUNetTrainerVan
 from nnunetv2_ext.training.modality_dropout import nnUNetTrainerMultiEncoderModalityDropout, nnUNetTrainerMultiEncoderModalityDropout_debug  # noqa: F401,E501
 from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerCrossModality_debug, nnUNetTrainerSwinProxies, nnUNetTrainerSwinProxies_debug  # noqa: F401
 from nnunetv2_ext.training.backbones import (nnUNetTrainerBackbone, nnUNetTrainerBackbone_debug, nnUNetTrainerSegResNet, nnUNetTrainerSegResNet_debug, nnUNetTrainerSwinUNETR, nnUNetTrainerSwinUNETR_debug, nnUNetTrainerUNETR, nnUNetTrainerUNETR_debug, nnUNetTrainerVolumeFusionBackbone, nnUNetTrainerVolumeFusionBackbone_debug)  # noqa: F401,E501
+from nnunetv2_ext.training.backbones import (nnUNetTrainerPCTNet, nnUNetTrainerPCTNet_debug, nnUNetTrainerTransBTS,  # noqa: F401
+                                           nnUNetTrainerTransBTS_debug)

@@ -28,6 +28,8 @@ import copy
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 MONAI_MODULE = "nnunetv2_ext.architectures.monai_backbones"
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 RESENC_REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]  # as nnU-Net's ResEnc planner writes them
@@ -50,7 +52,12 @@ STUNET_PRESETS: Dict[str, dict] = {
     "stunet_b": {"suffix": "STUNetB", "widths": [32, 64, 128, 256, 512, 512], "blocks": 1},
     "stunet_l": {"suffix": "STUNetL", "widths": [64, 128, 256, 512, 1024, 1024], "blocks": 2},
 }
-BACKBONE_NAMES: Tuple[str, ...] = tuple(MONAI_BACKBONES) + tuple(STUNET_PRESETS)
+# networks written in this package (architectures/): class, plans suffix, number of stages (strides) they take
+CUSTOM_BACKBONES: Dict[str, dict] = {
+    "pctnet": {"class": "nnunetv2_ext.architectures.pctnet.PCTNet", "suffix": "PCTNet", "n_strides": 5},
+    "transbts": {"class": "nnunetv2_ext.architectures.transbts.TransBTS", "suffix": "TransBTS", "n_strides": 4},
+}
+BACKBONE_NAMES: Tuple[str, ...] = tuple(MONAI_BACKBONES) + tuple(STUNET_PRESETS) + tuple(CUSTOM_BACKBONES)
 SPATIAL_DIMS = (2, 3)  # every backbone here builds 2D and 3D networks
 PRESET_CONFIG_KEYS = ("patch_size", "batch_size")
 # Seed 000 sec. 4.2.1, Swin UNETR on BraTS: patch 96 x 96 x 96, batch size 4 (as data: dump it into plans/ to use it
@@ -72,13 +79,15 @@ def backbone_class_name(name: str) -> str:
     _check_name(name)
     if name in MONAI_BACKBONES:
         return f"{MONAI_MODULE}.{MONAI_BACKBONES[name]['class']}"
+    if name in CUSTOM_BACKBONES:
+        return CUSTOM_BACKBONES[name]["class"]
     return RESENC_CLASS
 
 
 def default_plans_name(source_plans_name: str, name: str) -> str:
     """``nnUNetPlans`` + ``swin_unetr`` -> ``nnUNetPlans_SwinUNETR``."""
     _check_name(name)
-    suffix = (MONAI_BACKBONES.get(name) or STUNET_PRESETS[name])["suffix"]
+    suffix = (MONAI_BACKBONES.get(name) or STUNET_PRESETS.get(name) or CUSTOM_BACKBONES[name])["suffix"]
     return f"{source_plans_name}_{suffix}"
 
 
@@ -166,6 +175,32 @@ def _stunet_architecture(name: str, config: dict, options: dict) -> List[str]:
             f"kept"]
 
 
+def _custom_architecture(name: str, config: dict, options: dict) -> List[str]:
+    """Rewrite ``config`` (a private copy) for PCT-Net or TransBTS (3D only): the plans' first strides (as many as
+    the network has stages; [2, 2, 2] where the plans have fewer), the patch rounded up to a multiple of their
+    product, and for TransBTS the patch its position embedding is built for; returns notes."""
+    spec = CUSTOM_BACKBONES[name]
+    patch = [int(p) for p in config["patch_size"]]
+    if len(patch) != 3:
+        raise ValueError(f"{name} is 3D only, the configuration's patch is {patch}")
+    source = config["architecture"]
+    same = source["network_class_name"] == spec["class"]
+    kwargs = copy.deepcopy(source["arch_kwargs"]) if same else {}
+    planned = [list(st) for st in source["arch_kwargs"].get("strides", [[1, 1, 1]])]
+    strides = (planned + [[2, 2, 2]] * spec["n_strides"])[:spec["n_strides"]] if not same else kwargs["strides"]
+    kwargs.update(options)
+    kwargs["strides"] = strides
+    product = [int(np.prod([st[a] for st in strides])) for a in range(3)]
+    new_patch = [int(np.ceil(p / m) * m) for p, m in zip(patch, product)]
+    kwargs["patch_size"] = new_patch
+    config["patch_size"] = new_patch
+    config["architecture"] = {"network_class_name": spec["class"], "arch_kwargs": kwargs, "_kw_requires_import": []}
+    notes = [f"{spec['suffix']}: strides {strides} (the plans' first {spec['n_strides']})"]
+    if new_patch != patch:
+        notes.append(f"patch {patch} -> {new_patch} for {spec['suffix']} (multiples of {product})")
+    return notes
+
+
 def backbone_architecture(name: str, configuration: dict, patch_size: Optional[Sequence[int]] = None,
                           batch_size: Optional[int] = None, **options) -> Tuple[dict, List[str]]:
     """One plans configuration rewritten for a backbone.
@@ -209,7 +244,8 @@ def backbone_architecture(name: str, configuration: dict, patch_size: Optional[S
         config["batch_size"] = int(batch_size)
     if len(config["patch_size"]) not in SPATIAL_DIMS:
         raise ValueError(f"{name} builds 2D and 3D networks, the patch is {config['patch_size']}")
-    build = _monai_architecture if name in MONAI_BACKBONES else _stunet_architecture
+    build = _monai_architecture if name in MONAI_BACKBONES else \
+        _custom_architecture if name in CUSTOM_BACKBONES else _stunet_architecture
     notes += build(name, config, options)
     return config, notes
 
@@ -262,6 +298,9 @@ def derive_backbone_plans(plans: dict, dataset_json: dict, name: str, plans_name
             continue
         if len(config["patch_size"]) not in SPATIAL_DIMS:
             notes.append(f"{cname}: skipped, {name} builds 2D and 3D networks, the patch is {config['patch_size']}")
+            continue
+        if name in CUSTOM_BACKBONES and len(config["patch_size"]) != 3:
+            notes.append(f"{cname}: skipped, {name} is 3D only, the patch is {config['patch_size']}")
             continue
         derived, config_notes = backbone_architecture(name, config, **per_config.get(cname, {}), **options)
         new["configurations"][cname] = derived

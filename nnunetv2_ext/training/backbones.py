@@ -179,6 +179,18 @@ class nnUNetTrainerSegResNet(nnUNetTrainerBackbone):
     backbone = "segresnet"
 
 
+class nnUNetTrainerPCTNet(nnUNetTrainerBackbone):
+    """PCT-Net (seed 003 sec. 3.1.4) with deep supervision and nnU-Net's schedule and loss (the seed trains it with
+    Dice + CE as nnU-Net does; its other settings are the authors' framework's, not nnU-Net's)."""
+    backbone = "pctnet"
+
+
+class nnUNetTrainerTransBTS(nnUNetTrainerBackbone):
+    """TransBTS (Wang et al., MICCAI 2021; seed 000 sec. 4.4) with deep supervision and nnU-Net's schedule and loss;
+    the plans' patch fixes its position embedding."""
+    backbone = "transbts"
+
+
 class nnUNetTrainerVolumeFusionBackbone(BackboneMixin, nnUNetTrainerVolumeFusion):
     """Volume Fusion pretraining (seed 003) for any backbone plans (``-p nnUNetPlans_SwinUNETR``, ...): deep
     supervision off where the network has none. Fine-tune with the backbone's trainer and ``-pretrained_weights``."""
@@ -214,3 +226,14 @@ class nnUNetTrainerSegResNet_debug(_Debug, nnUNetTrainerSegResNet):
 
 class nnUNetTrainerVolumeFusionBackbone_debug(_Debug, nnUNetTrainerVolumeFusionBackbone):
     pass
+
+
+class nnUNetTrainerPCTNet_debug(_Debug, nnUNetTrainerPCTNet):
+    """Also narrow: channels 8, 8, 16, 16, 32, 2 heads per level, 2^3 windows."""
+    backbone_options = {"features_per_stage": [8, 8, 16, 16, 32], "num_heads": [2, 2, 2], "window_size": 2}
+
+
+class nnUNetTrainerTransBTS_debug(_Debug, nnUNetTrainerTransBTS):
+    """Also narrow: widths 8..64, a 64-wide transformer of 1 layer."""
+    backbone_options = {"features_per_stage": [8, 16, 32, 64], "embedding_dim": 64, "num_layers": 1, "num_heads": 2,
+                        "mlp_dim": 128}

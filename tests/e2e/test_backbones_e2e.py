@@ -33,8 +33,10 @@ RUNS = {
     "segresnet": ("nnUNetTrainerSegResNet_debug", "nnUNetPlans_SegResNet"),
     "unetr": ("nnUNetTrainerUNETR_debug", "nnUNetPlans_UNETR"),
     "stunet_s": ("nnUNetTrainerBackbone_debug", "nnUNetPlans_STUNetS"),
+    "pctnet": ("nnUNetTrainerPCTNet_debug", "nnUNetPlans"),
+    "transbts": ("nnUNetTrainerTransBTS_debug", "nnUNetPlans"),
 }
-LANES = (("swin_unetr", "segresnet"), ("unetr", "stunet_s"))
+LANES = (("swin_unetr", "segresnet", "pctnet"), ("unetr", "stunet_s", "transbts"))
 
 
 def _model(example: NnUNetEnv, trainer: str, plans: str) -> Path:
@@ -168,3 +170,16 @@ def test_unetr_volume_fusion_pretraining_then_fine_tuning(runs, preprocessed_exa
     assert new and all(key.startswith("net.out.") for key in new), new
     assert report["counts"]["loaded"] > 10 * len(new)
     assert "Pretrained weights from" in _log(fold)
+
+
+@pytest.mark.parametrize("name,cls", [("pctnet", "nnunetv2_ext.architectures.pctnet.PCTNet"),
+                                      ("transbts", "nnunetv2_ext.architectures.transbts.TransBTS")])
+def test_networks_written_here_train_with_deep_supervision(runs, preprocessed_example: NnUNetEnv, name, cls):
+    """PCT-Net and TransBTS derived from nnU-Net's own plans by their trainers: strides and patch in plans.json."""
+    model = _done(runs, name, preprocessed_example)
+    log = _log(model / f"fold_{FOLD}")
+    assert f"Network: {cls}" in log and "deep supervision on" in log
+    config = json.loads((model / "plans.json").read_text())["configurations"][CONFIGURATION]
+    assert config["architecture"]["network_class_name"] == cls
+    assert config["architecture"]["arch_kwargs"]["patch_size"] == config["patch_size"]
+
