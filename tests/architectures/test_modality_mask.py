@@ -10,12 +10,6 @@ from tests.architectures.test_multi_encoder import tiny_input, tiny_net
 FUSIONS = ["concat", "sum", "mean"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def capture_fusion_inputs(net: MultiEncoderUNet):

@@ -24,13 +24,6 @@ TINY = {
 CLASSES = {"swin_unetr": SwinUNETRBackbone, "segresnet": SegResNetBackbone, "unetr": UNETRBackbone}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run fastest on one thread (and do not stall when other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def derived_configuration(name: str, configuration: str = "3d_fullres", **options) -> dict:

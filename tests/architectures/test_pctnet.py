@@ -16,13 +16,6 @@ TINY = dict(features_per_stage=[4, 8, 16, 16, 32], num_heads=[2, 2, 4], window_s
 ISOTROPIC = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny convolutions run fastest on one thread (and do not stall when other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(deep_supervision=True, **overrides) -> PCTNet:
