@@ -21,8 +21,10 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
         "tqdm>=4.60",
-        "monai>=1.4,<1.7",                      # surface distances (HD95, ASSD); later: Swin UNETR, SegResNet
+        "monai>=1.5,<1.7",                      # HD95/ASSD, Swin UNETR, SegResNet(DS), UNETR, Swin blocks of PCT-Net
         "connected-components-3d>=3.12",        # lesion-wise metrics
+        "nibabel>=5.0",                         # NaN/inf check of NIfTI voxels (SimpleITK reads them as 0)
+        "einops>=0.6",                          # MONAI's Swin UNETR
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["nnunetv2_ext=nnunetv2_ext.cli:main"]},
