@@ -137,7 +137,7 @@ def test_plans_rejects_options_the_network_rejects(preprocessed, capsys):
     ["plans"],
     ["plans", "992", "--fusion", "max"],
     ["plans", "992", "--encoder", "swin"],
-    ["plans", "992", "--arch", "swin_unetr"],
+    ["plans", "992", "--arch", "no_such_network"],
     ["plans", "992", "--encoder-width", "half"],
     ["no-such-command"],
     ["example-data"],
