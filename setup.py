@@ -26,6 +26,10 @@ setup(
         "nibabel>=5.0",                         # NaN/inf check of NIfTI voxels (SimpleITK reads them as 0)
         "einops>=0.6",                          # MONAI's Swin UNETR
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # `nnunetv2_ext proxy`: the MNI152 2009a template and tissue maps ship inside nilearn's wheel (no download)
+        "proxy": ["nilearn>=0.10,<0.16"],
+    },
     entry_points={"console_scripts": ["nnunetv2_ext=nnunetv2_ext.cli:main"]},
 )
