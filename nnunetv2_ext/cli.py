@@ -163,6 +163,42 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} segmentations to {args.o} from {args.modalities}")
 
 
+def _proxy_make(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.proxy.anatomy import ProxySpec, make_proxy, save_preview
+
+    spec = ProxySpec(seed=args.seed, resolution=args.resolution, n_pretrain=args.n_pretrain, n_target=args.n_target,
+                     n_test=args.n_test, pretrain_id=args.pretrain_id, target_id=args.target_id)
+    manifest = make_proxy(args.out, spec, overwrite=args.overwrite, num_processes=args.np, progress=True)
+    print(f"wrote {manifest['pretrain_dataset']} ({len(manifest['pretrain_cases'])} healthy cases, T1 + FLAIR) and "
+          f"{manifest['target_dataset']} ({len(manifest['target_train_cases'])} labelled + "
+          f"{len(manifest['test_cases'])} test cases, 4 modalities) under {Path(args.out) / 'nnUNet_raw'}")
+    print(f"preview: {save_preview(args.out)}")
+
+
+def _proxy_run(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.proxy.experiment import run_benchmark
+
+    if args.background:
+        import subprocess
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / f"proxy_run_{args.scale}.log"
+        argv = [a for a in sys.argv[1:] if a != "--background"]
+        with open(log, "a") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "nnunetv2_ext.cli", *argv], stdout=f,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        print(f"started in the background (pid {proc.pid}); follow it with: tail -f {log}")
+        return
+    n_labelled = [int(n) for n in args.n_labelled.split(",")] if args.n_labelled else None
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    written = run_benchmark(args.out, args.scale, methods=methods, lanes=args.lanes, n_labelled=n_labelled,
+                            repeats=args.repeats, device=args.device, num_processes=args.np,
+                            echo=lambda line: print(line, flush=True))
+    for name, path in written.items():
+        print(f"{name}: {path}")
+
+
 # kept equal to planning.backbones.BACKBONE_NAMES by a test (no torch import to build the parser)
 ARCHITECTURES = ("multi_encoder", "swin_unetr", "segresnet", "unetr", "stunet_s", "stunet_b", "stunet_l", "pctnet",
                  "transbts")
@@ -301,6 +337,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_predict)
 
+    proxy = sub.add_parser("proxy", help="offline few-shot benchmark on proxy data built from the MNI152 template "
+                           "(needs pip install 'nnunetv2-ext[proxy]')").add_subparsers(dest="proxy_command",
+                                                                                   required=True)
+    p = proxy.add_parser("make", help="write the proxy cohorts (healthy T1+FLAIR; 4-modality tumour cases) as "
+                         "nnU-Net raw datasets under OUT/nnUNet_raw")
+    p.add_argument("--out", required=True, help="benchmark folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=float, default=2.0, help="voxel size in mm (default 2.0, the template's)")
+    p.add_argument("--n-pretrain", type=int, default=24, help="healthy pretraining cases (default 24)")
+    p.add_argument("--n-target", type=int, default=16, help="labelled training pool (default 16)")
+    p.add_argument("--n-test", type=int, default=12, help="held-out test cases (default 12)")
+    p.add_argument("--pretrain-id", type=int, default=601)
+    p.add_argument("--target-id", type=int, default=602)
+    p.add_argument("--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_proxy_make)
+
+    p = proxy.add_parser("run", help="train every method on every few-shot level through nnU-Net and write the "
+                         "tables, the few-shot curve and the paired comparison to OUT/results_<scale>; rerun to resume")
+    p.add_argument("--out", required=True, help="benchmark folder written by `proxy make`")
+    p.add_argument("--scale", choices=["cpu", "gpu", "smoke"], default="cpu",
+                   help="cpu: 2-core CPU in about an hour (default); gpu: nnU-Net's planned patch, longer schedule; "
+                   "smoke: a toy run for tests")
+    p.add_argument("--methods", default=None, help="comma-separated subset of vanilla,scratch,ssl_vf,ssl_swin")
+    p.add_argument("--n-labelled", default=None, help="comma-separated labelled-case levels, e.g. 2,4,8,16")
+    p.add_argument("--repeats", type=int, default=None, help="random subsets per level")
+    p.add_argument("--lanes", type=int, default=None, help="parallel training jobs")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
+    p.add_argument("--np", type=int, default=2, help="worker processes for scoring")
+    p.add_argument("--background", action="store_true",
+                   help="detach and log to OUT/proxy_run_<scale>.log (prints the pid and the log to follow)")
+    p.set_defaults(func=_proxy_run)
+
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)
 
@@ -321,7 +390,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
         print(f"nnunetv2_ext {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

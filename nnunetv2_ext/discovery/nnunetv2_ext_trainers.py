@@ -9,3 +9,10 @@ from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, n
 from nnunetv2_ext.training.backbones import (nnUNetTrainerBackbone, nnUNetTrainerBackbone_debug, nnUNetTrainerSegResNet, nnUNetTrainerSegResNet_debug, nnUNetTrainerSwinUNETR, nnUNetTrainerSwinUNETR_debug, nnUNetTrainerUNETR, nnUNetTrainerUNETR_debug, nnUNetTrainerVolumeFusionBackbone, nnUNetTrainerVolumeFusionBackbone_debug)  # noqa: F401,E501
 from nnunetv2_ext.training.backbones import (nnUNetTrainerPCTNet, nnUNetTrainerPCTNet_debug, nnUNetTrainerTransBTS,  # noqa: F401
                                            nnUNetTrainerTransBTS_debug)
+from nnunetv2_ext.training.proxy import (nnUNetTrainerProxyMultiEncoder_cpu, nnUNetTrainerProxyMultiEncoder_gpu,  # noqa: F401
+                                        nnUNetTrainerProxyMultiEncoder_smoke, nnUNetTrainerProxyMultiEncoderSSL_cpu,
+                                        nnUNetTrainerProxyMultiEncoderSSL_gpu, nnUNetTrainerProxyMultiEncoderSSL_smoke,
+                                        nnUNetTrainerProxySwinProxies_cpu, nnUNetTrainerProxySwinProxies_gpu,
+                                        nnUNetTrainerProxyVanilla_cpu, nnUNetTrainerProxyVanilla_gpu,
+                                        nnUNetTrainerProxyVolumeFusion_cpu, nnUNetTrainerProxyVolumeFusion_gpu,
+                                        nnUNetTrainerProxyVolumeFusion_smoke)

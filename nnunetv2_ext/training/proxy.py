@@ -1,0 +1,135 @@
+"""Schedule-only trainer variants of the offline proxy benchmark (``nnunetv2_ext proxy run``).
+
+Each class changes nothing but the schedule of a trainer of this package (epochs, iterations, checkpoint interval)
+and, at the CPU scale, test-time mirroring; the networks come from the plans the benchmark writes. ``_cpu`` variants
+fit the benchmark on a 2-core CPU in about an hour (see ``nnunetv2_ext.proxy.experiment.SCALES``); ``_gpu`` variants
+are the longer schedule for a GPU. Fine-tuning runs of one scale share one schedule, so the methods differ only in
+their network and initialisation.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoderSSL
+from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerSwinProxies
+from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
+from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
+
+
+class NoTestTimeMirroringMixin(nnUNetTrainer):
+    """Mirroring augmentation while training, none at prediction (8x less inference on the CPU)."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return out
+
+
+class CPUThreadsMixin(nnUNetTrainer):
+    """On the CPU, use ``$NNUNETV2_EXT_NUM_THREADS`` torch threads (nnUNetv2_train takes every core), so that the
+    benchmark's parallel lanes do not oversubscribe the machine."""
+    threads_env = "NNUNETV2_EXT_NUM_THREADS"
+
+    def on_train_start(self):
+        threads = os.environ.get(self.threads_env)
+        if threads and self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(threads)))
+        super().on_train_start()
+
+
+class _CPUFineTune(CPUThreadsMixin, NoTestTimeMirroringMixin):
+    """CPU fine-tuning schedule: 10 epochs of 20 iterations (200 steps), one online-validation batch per epoch
+    (few epochs: nnU-Net draws progress.png after each one)."""
+    num_epochs = 10
+    num_iterations_per_epoch = 20
+    num_val_iterations_per_epoch = 1
+    save_every = 5
+
+
+class _GPUFineTune(nnUNetTrainer):
+    """GPU fine-tuning schedule: 100 epochs of 250 iterations (nnU-Net's epoch), checkpoint every 25 epochs."""
+    num_epochs = 100
+    num_iterations_per_epoch = 250
+    num_val_iterations_per_epoch = 25
+    save_every = 25
+
+
+class _CPUPretrain(CPUThreadsMixin, NoTestTimeMirroringMixin):
+    """CPU pretraining stage: 8 epochs of 20 iterations (160 steps)."""
+    num_epochs = 8
+    num_iterations_per_epoch = 20
+    num_val_iterations_per_epoch = 2
+    save_every = 4
+
+
+class _GPUPretrain(nnUNetTrainer):
+    """GPU pretraining stage: 100 epochs of 250 iterations."""
+    num_epochs = 100
+    num_iterations_per_epoch = 250
+    num_val_iterations_per_epoch = 25
+    save_every = 25
+
+
+class nnUNetTrainerProxyVanilla_cpu(_CPUFineTune, nnUNetTrainerVanilla):
+    """nnU-Net's trainer (PlainConvUNet, SGD 1e-2, momentum 0.99), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyVanilla_gpu(_GPUFineTune, nnUNetTrainerVanilla):
+    """nnU-Net's trainer, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoder_cpu(_CPUFineTune, nnUNetTrainerMultiEncoder):
+    """Multi-encoder from scratch (seed 000 optimiser), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoder_gpu(_GPUFineTune, nnUNetTrainerMultiEncoder):
+    """Multi-encoder from scratch, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoderSSL_cpu(_CPUFineTune, nnUNetTrainerMultiEncoderSSL):
+    """Multi-encoder fine-tuned from ``-pretrained_weights`` (refuses to start without), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoderSSL_gpu(_GPUFineTune, nnUNetTrainerMultiEncoderSSL):
+    """Multi-encoder fine-tuned from ``-pretrained_weights``, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxyVolumeFusion_cpu(_CPUPretrain, nnUNetTrainerVolumeFusion):
+    """Volume Fusion pretraining stage (seed 003 settings), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyVolumeFusion_gpu(_GPUPretrain, nnUNetTrainerVolumeFusion):
+    """Volume Fusion pretraining stage, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxySwinProxies_cpu(_CPUPretrain, nnUNetTrainerSwinProxies):
+    """Swin UNETR proxies (inpainting, rotation, contrastive) on the multi-encoder, proxy CPU schedule."""
+    warmup_epochs = 1
+
+
+class nnUNetTrainerProxySwinProxies_gpu(_GPUPretrain, nnUNetTrainerSwinProxies):
+    """Swin UNETR proxies on the multi-encoder, proxy GPU schedule."""
+    warmup_epochs = 2
+
+
+class _SmokeSchedule(CPUThreadsMixin, NoTestTimeMirroringMixin):
+    """The tests' toy schedule: 2 epochs of 3 iterations."""
+    num_epochs = 2
+    num_iterations_per_epoch = 3
+    num_val_iterations_per_epoch = 1
+    save_every = 1
+
+
+class nnUNetTrainerProxyMultiEncoder_smoke(_SmokeSchedule, nnUNetTrainerMultiEncoder):
+    """Multi-encoder from scratch, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoderSSL_smoke(_SmokeSchedule, nnUNetTrainerMultiEncoderSSL):
+    """Multi-encoder fine-tuned from ``-pretrained_weights``, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyVolumeFusion_smoke(_SmokeSchedule, nnUNetTrainerVolumeFusion):
+    """Volume Fusion pretraining stage, the tests' toy schedule."""
