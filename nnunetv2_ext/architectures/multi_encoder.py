@@ -7,7 +7,7 @@ or ``ResidualEncoder``; the decoder is its ``UNetDecoder``, so deep supervision,
 behave exactly as in nnU-Net's ``PlainConvUNet``.
 
 The constructor takes the ``PlainConvUNet`` keyword arguments plus JSON-serialisable extras (``encoder_groups``,
-``fusion``, ``encoder``, ``encoder_width``, ``modality_names``), so a plans file names it through
+``fusion``, ``encoder``, ``encoder_width``, ``modality_names``, ``encoder_impl``), so a plans file names it through
 ``network_class_name`` and nnU-Net's ``get_network_from_plans`` rebuilds it at inference with no special code.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 from nnunetv2_ext.architectures.fusion import FeatureFusion
+from nnunetv2_ext.architectures.grouped_encoder import ENCODER_IMPLS, check_groupable, grouped_forward_per_encoder
 
 ENCODER_TYPES = ("plain", "residual")
 IntOrSeq = Union[int, List[int], Tuple[int, ...]]
@@ -80,6 +81,10 @@ class MultiEncoder(nn.Module):
     present encoders only (at least one counted). This is the input-level modality dropout of ModDrop (Neverova et
     al., TPAMI 2016) and HeMIS (Havaei et al., MICCAI 2016) applied to whole encoders. ``present=None`` uses
     ``inference_present`` (``None``: every encoder present, the unmasked network bit for bit).
+
+    ``encoder_impl`` (set with ``set_encoder_impl``): ``separate`` runs the encoders one after another; ``grouped``
+    runs identical plain encoders as one stack of grouped convolutions (``grouped_encoder.py``), same parameters,
+    same state_dict, same function.
     """
 
     def __init__(self, encoders: Sequence[nn.Module], groups: Sequence[Sequence[int]],
@@ -109,6 +114,19 @@ class MultiEncoder(nn.Module):
         # the encoder mask forward uses when given none: set it to predict from a subset of modalities through
         # nnU-Net's predictor, which calls network(x). A plain attribute: not in the state_dict, not broadcast by DDP.
         self.inference_present: Optional[torch.Tensor] = None
+        self.encoder_impl = "separate"
+
+    def set_encoder_impl(self, impl: str) -> None:
+        """Run the encoders ``separate`` (one after another) or ``grouped`` (one grouped-conv stack).
+
+        Raises:
+            ValueError: an unknown name, or ``grouped`` for encoders that are not identical plain encoders.
+        """
+        if impl not in ENCODER_IMPLS:
+            raise ValueError(f"encoder_impl must be one of {ENCODER_IMPLS}, got {impl!r}")
+        if impl == "grouped":
+            check_groupable(self.encoders, self.groups)
+        self.encoder_impl = impl
 
     def select(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """The input channels of encoder ``i``."""
@@ -116,6 +134,8 @@ class MultiEncoder(nn.Module):
         return x[:, s] if s is not None else x.index_select(1, getattr(self, f"_index_{i}"))
 
     def forward_per_encoder(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
+        if self.encoder_impl == "grouped":
+            return grouped_forward_per_encoder(self.encoders, self.groups, x)
         return [enc(self.select(x, i)) for i, enc in enumerate(self.encoders)]
 
     def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
@@ -192,9 +212,13 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
             the parameter count of the single-encoder U-Net); the fused skips always have the decoder width.
         modality_names: a name per input channel (dataset.json ``channel_names``), kept for weight transfer and
             error messages.
+        encoder_impl: ``separate`` (default) or ``grouped``: run identical plain encoders as one stack of grouped
+            convolutions (fewer, wider kernels; same parameters and checkpoints; whether it is faster depends on
+            widths and backend: measure with ``benchmarks/multi_encoder_speed.py``).
 
     Raises:
-        ValueError: fewer than 2 encoders, invalid groups, unknown fusion or encoder type, mismatched lengths.
+        ValueError: fewer than 2 encoders, invalid groups, unknown fusion or encoder type, mismatched lengths,
+            ``encoder_impl='grouped'`` for encoders that differ or are residual.
     """
 
     def __init__(self,
@@ -221,7 +245,8 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
                  encoder: str = "plain",
                  encoder_width: float = 1.0,
                  modality_names: Optional[Sequence[str]] = None,
-                 n_blocks_per_stage: IntOrSeq = None):
+                 n_blocks_per_stage: IntOrSeq = None,
+                 encoder_impl: str = "separate"):
         super().__init__()
         if n_conv_per_stage is None:
             n_conv_per_stage = n_blocks_per_stage
@@ -268,6 +293,7 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
         self.encoder_type = encoder
         self.modality_names = list(modality_names) if modality_names is not None else None
         self.encoder = MultiEncoder(encoders, groups, fusions, features_per_stage)
+        self.encoder.set_encoder_impl(encoder_impl)
         self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
                                    nonlin_first=nonlin_first)
         # keys dynamic-network-architectures / nnssl use to find the encoder, stem and input projections
