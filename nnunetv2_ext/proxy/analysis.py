@@ -438,6 +438,55 @@ def _paired_markdown(rows: Sequence[dict], labels: Mapping[str, str]) -> str:
             f"(subsets, then test cases).\n\n" + _markdown(table))
 
 
+def summary_markdown(results: Mapping[str, Any]) -> str:
+    """A short report from a ``results.json`` dict: the setup (``meta``), Dice per region and HD95 (mean ± s.d.
+    over subsets, one row per method and level) and every paired comparison on the mean over regions."""
+    meta, labels = results.get("meta") or {}, results.get("methods_labels") or {}
+    lines = []
+    if meta:
+        scale = meta.get("scale") or {}
+        lines.append("## Setup\n")
+        for key, value in (("command", meta.get("command")), ("wall time", _minutes(meta.get("wall_time_s"))),
+                           ("training wall time", _minutes(meta.get("training_wall_time_s"))),
+                           ("machine", meta.get("machine")), ("versions", meta.get("versions")),
+                           ("scale", {k: v for k, v in scale.items() if k != "name"} or None),
+                           ("test cases", meta.get("n_test_cases"))):
+            if value is not None:
+                lines.append(f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}")
+        lines.append("")
+    rows = results.get("table") or []
+    if rows:
+        regions = list(rows[0]["values"])
+        lines.append("## Dice and HD95 on the held-out test cases (mean ± s.d. over labelled subsets)\n")
+        table = []
+        for row in rows:
+            line = {"method": labels.get(row["method"], row["method"]), "labelled cases": row["n_labelled"],
+                    "subsets": row["n_subsets"]}
+            for region in regions:
+                cell = row["values"][region]["dice"]
+                line[f"{region} Dice"] = _mean_sd(_float(cell["mean"]), _float(cell["sd"]), 3)
+            cell = row["values"][regions[-1]]["hd95_mm"]
+            line[f"{regions[-1]} HD95 (mm)"] = _mean_sd(_float(cell["mean"]), _float(cell["sd"]), 1)
+            table.append(line)
+        lines.append(_markdown(table))
+    for comparison in results.get("paired") or []:
+        mean_rows = [r for r in comparison if r["region"] == MEAN_REGION] or comparison
+        if not mean_rows:
+            continue
+        a, b = mean_rows[0]["method_a"], mean_rows[0]["method_b"]
+        lines.append(f"## {labels.get(a, a)} minus {labels.get(b, b)}: Dice ({mean_rows[0]['region']}), paired\n")
+        lines.append(_markdown([{"labelled cases": r["n_labelled"],
+                                 "mean difference": f"{_float(r['mean_diff']):+.4f}",
+                                 "95 % CI": f"[{_float(r['ci_low']):+.4f}, {_float(r['ci_high']):+.4f}]",
+                                 "p(a > b)": f"{_float(r['p(a > b)']):.3f}", "subsets": r["n_subsets"],
+                                 "test cases": r["n_cases"]} for r in mean_rows]))
+    return "\n".join(lines)
+
+
+def _minutes(seconds: Any) -> str | None:
+    return None if seconds is None else f"{float(seconds) / 60:.1f} min"
+
+
 def write_results(scores: Mapping[Run, dict], out_dir: str | os.PathLike,
                   methods_labels: Mapping[str, str] | None = None,
                   comparisons: Sequence[tuple[str, str]] = (("ssl_vf", "scratch"),), overwrite: bool = False,
@@ -500,6 +549,8 @@ def write_results(scores: Mapping[Run, dict], out_dir: str | os.PathLike,
     results = {"meta": meta or {}, "methods_labels": labels, "table_metrics": [list(m) for m in TABLE_METRICS],
                "runs": runs, "table": table_numbers(scores), "curve": curve, "paired": paired,
                "paired_skipped": skipped}
-    atomic_write_json(_json_safe(results), out / RESULTS_FILE, overwrite=True)  # last: a crash leaves no results.json
+    results = _json_safe(results)
+    (out / "summary.md").write_text(summary_markdown(results))
+    atomic_write_json(results, out / RESULTS_FILE, overwrite=True)  # last: a crash leaves no results.json
     return {"results": out / RESULTS_FILE, "table": out / "table.md", "table_csv": out / "table.csv",
-            "curve": out / "curve.png", "paired": out / "paired.md"}
+            "curve": out / "curve.png", "paired": out / "paired.md", "summary": out / "summary.md"}

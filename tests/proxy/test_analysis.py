@@ -172,7 +172,7 @@ def test_write_results_writes_every_file_and_refuses_to_overwrite(bench, tmp_pat
     out = tmp_path / "results"
     written = write_results(bench[2], out, methods_labels={"good": "Oracle"},
                             comparisons=(("good", "bad"), ("ssl_vf", "scratch")), meta={"seed": 0})
-    assert set(written) == {"results", "table", "table_csv", "curve", "paired"}
+    assert set(written) == {"results", "table", "table_csv", "curve", "paired", "summary"}
     assert all(p.is_file() for p in written.values())
     assert written["curve"].read_bytes()[:4] == b"\x89PNG"
     assert "Oracle" in written["table"].read_text() and "Oracle" in written["paired"].read_text()
@@ -181,6 +181,9 @@ def test_write_results_writes_every_file_and_refuses_to_overwrite(bench, tmp_pat
     assert results["meta"] == {"seed": 0} and results["paired_skipped"] == [["ssl_vf", "scratch"]]
     assert len(results["runs"]) == len(RUNS) and len(results["paired"]) == 1
     assert results["runs"][0]["cases"][CASES[0]]["WT"]["dice"] == 1.0
+    summary = written["summary"].read_text()
+    assert "| Oracle | " in summary and "1.000 ± 0.000" in summary  # the oracle's Dice, from the numbers
+    assert "Oracle minus bad: Dice (mean), paired" in summary and "p(a > b)" in summary
     with pytest.raises(FileExistsError, match="results.json"):
         write_results(bench[2], out)
     write_results(bench[2], out, comparisons=(), overwrite=True)
