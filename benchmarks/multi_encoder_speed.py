@@ -179,7 +179,6 @@ def time_training(net: nn.Module, settings: SimpleNamespace, args: argparse.Name
         torch.cuda.reset_peak_memory_stats(device)
     ms = statistics.median(timed(step, device, args.iters, args.warmup))
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
-    del optimizer
     return {"train_ms": ms, "samples_per_s": settings.batch / ms * 1000, "train_peak_mib": peak}
 
 

@@ -27,7 +27,6 @@ torch thread each on the CPU).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import shlex
