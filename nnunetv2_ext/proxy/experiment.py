@@ -172,7 +172,15 @@ def write_proxy_splits(preprocessed_dataset: Path, manifest: dict, scale: Scale,
 
     index_file = preprocessed_dataset / "proxy_folds.json"
     if index_file.is_file():
-        return load_json(index_file)
+        index = load_json(index_file)
+        stored = sorted({e["n_labelled"] for e in index["folds"]})
+        repeats = 1 + max((e["subset"] for e in index["folds"] if e["n_labelled"] < len(index["pool"])), default=0)
+        wanted = sorted({int(n) for n in scale.n_labelled})
+        if stored != wanted or (any(n < len(index["pool"]) for n in wanted) and repeats != scale.repeats):
+            raise ValueError(f"{preprocessed_dataset.parent.parent} already holds a benchmark with levels {stored} x "
+                             f"{repeats} subsets ({index_file}); asked for {wanted} x {scale.repeats}. Resume it with "
+                             f"the same --n-labelled/--repeats, or make the proxy data in a new --out folder")
+        return index
     pool, test = list(manifest["target_train_cases"]), list(manifest["test_cases"])
     levels = sorted({int(n) for n in scale.n_labelled})
     if not levels or levels[0] < 1 or levels[-1] > len(pool):
@@ -394,7 +402,8 @@ def prepare(out: Path, manifest: dict, scale: Scale, env: dict, echo=print) -> d
 
 def run_benchmark(out: str | os.PathLike, scale: str = "cpu", methods: Optional[Sequence[str]] = None,
                   lanes: Optional[int] = None, n_labelled: Optional[Sequence[int]] = None,
-                  repeats: Optional[int] = None, device: Optional[str] = None, num_processes: int = 1, echo: Callable[[str], None] = print) -> Dict[str, Path]:
+                  repeats: Optional[int] = None, device: Optional[str] = None, num_processes: int = 1,
+                  echo: Callable[[str], None] = print) -> Dict[str, Path]:
     """Run (or resume) the benchmark on the proxy data in ``out`` (made by ``nnunetv2_ext proxy make``) and write
     the results to ``out/results_<scale>/``. Returns the written files.
 
@@ -425,6 +434,13 @@ def run_benchmark(out: str | os.PathLike, scale: str = "cpu", methods: Optional[
     unknown = [m for m in chosen.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    from nnunetv2_ext.training import proxy as proxy_trainers
+
+    missing = [f"{name}_{chosen.name}" for m in chosen.methods for name in (METHODS[m].trainer, METHODS[m].pretext)
+               if name is not None and not hasattr(proxy_trainers, f"{name}_{chosen.name}")]
+    if missing:
+        raise ValueError(f"scale {chosen.name!r} has no trainer {', '.join(missing)} (nnunetv2_ext.training.proxy); "
+                         f"choose other --methods or another --scale")
     manifest = load_json(manifest_file)
     env = nnunet_env(out, chosen)
     t0 = time.time()

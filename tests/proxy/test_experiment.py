@@ -96,8 +96,11 @@ def test_splits_hold_out_the_test_cases_and_draw_the_harness_subsets(tmp_path):
     other.mkdir()
     ex.write_proxy_splits(other, MANIFEST, ex.SCALES["cpu"], seed=0)
     assert json.loads((other / "splits_final.json").read_text()) == splits
-    # written once: a resumed benchmark keeps its folds
-    assert ex.write_proxy_splits(tmp_path, MANIFEST, replace(ex.SCALES["cpu"], repeats=5), seed=1) == folds
+    # written once: a resumed benchmark keeps its folds, and refuses other levels or repeats instead of ignoring them
+    assert ex.write_proxy_splits(tmp_path, MANIFEST, ex.SCALES["cpu"], seed=1) == folds
+    for changed in (replace(ex.SCALES["cpu"], repeats=5), replace(ex.SCALES["cpu"], n_labelled=(2, 16))):
+        with pytest.raises(ValueError, match="already holds a benchmark with levels"):
+            ex.write_proxy_splits(tmp_path, MANIFEST, changed, seed=0)
 
 
 def test_levels_outside_the_pool_are_refused(tmp_path):
@@ -182,3 +185,5 @@ def test_unknown_scale_and_method_are_refused(tmp_path):
         ex.run_benchmark(tmp_path, scale="huge")
     with pytest.raises(ValueError, match="unknown method"):
         ex.run_benchmark(tmp_path, methods=["ssl_magic"])
+    with pytest.raises(ValueError, match="nnUNetTrainerProxyVanilla_smoke"):
+        ex.run_benchmark(tmp_path, scale="smoke", methods=["vanilla", "scratch"])
