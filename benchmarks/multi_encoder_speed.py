@@ -26,7 +26,7 @@ import json
 import statistics
 import time
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunetv2_ext.planning.multi_encoder_plans import multi_encoder_architecture
+from timing import timed
 
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 # name, encoder width (None: the vanilla network), encoder_impl
@@ -115,26 +116,6 @@ def build(architecture: dict, channels: int, classes: int, seed: int) -> nn.Modu
     return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
                                   architecture["_kw_requires_import"], channels, classes, allow_init=True,
                                   deep_supervision=True)
-
-
-def timed(fn: Callable[[], None], device: torch.device, iters: int, warmup: int) -> List[float]:
-    """Milliseconds per call: CUDA events on the GPU, wall clock on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
-    return times
 
 
 def deep_supervision_loss(n_outputs: int, batch_dice: bool) -> nn.Module:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -17,6 +16,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig, volume_fusion
+from timing import timed
 
 
 def build(features, n_channels: int, n_classes: int) -> MultiEncoderUNet:
@@ -26,25 +26,6 @@ def build(features, n_channels: int, n_classes: int) -> MultiEncoderUNet:
                            nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
     net.apply(net.initialize)
     return net
-
-
-def timed(fn, device: torch.device, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000)
-    return times
 
 
 def main() -> None:

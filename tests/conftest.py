@@ -12,6 +12,16 @@ import pytest
 
 DATASET_ID = 991
 SHAPE = (40, 40, 40)
+#: nnU-Net plans and dataset.json of a tiny 4-modality dataset (nnUNetPlans_tiny.json, dataset_tiny.json, ...)
+TINY_FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
+
+
+def write_tiny_preprocessed(folder: Path) -> Path:
+    """Make ``folder`` a preprocessed dataset folder holding only the tiny plans and dataset.json; return it."""
+    folder.mkdir(parents=True)
+    (folder / "nnUNetPlans.json").write_text((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text())
+    (folder / "dataset.json").write_text((TINY_FIXTURES / "dataset_tiny.json").read_text())
+    return folder
 
 
 @dataclass

@@ -8,6 +8,7 @@ import pytest
 
 from nnunetv2_ext import cli
 from nnunetv2_ext.discovery import SHIM_MODULE, trainer_path
+from tests.conftest import write_tiny_preprocessed
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS
 
 FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
@@ -17,10 +18,7 @@ FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
 def preprocessed(tmp_path, monkeypatch):
     """$nnUNet_preprocessed with Dataset992_X holding nnU-Net's plans and dataset.json (nothing else set)."""
     root = tmp_path / "preprocessed"
-    folder = root / "Dataset992_X"
-    folder.mkdir(parents=True)
-    (folder / "nnUNetPlans.json").write_text((FIXTURES / "nnUNetPlans_tiny.json").read_text())
-    (folder / "dataset.json").write_text((FIXTURES / "dataset_tiny.json").read_text())
+    folder = write_tiny_preprocessed(root / "Dataset992_X")
     monkeypatch.setenv("nnUNet_preprocessed", str(root))
     monkeypatch.delenv("nnUNet_raw", raising=False)
     monkeypatch.delenv("nnUNet_results", raising=False)

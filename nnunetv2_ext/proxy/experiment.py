@@ -274,6 +274,18 @@ def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Se
     return jobs
 
 
+def _run_logged(cmd: List[str], env: dict, log: Path, tail_lines: int = 25) -> tuple[int, str]:
+    """Run ``cmd`` with stdout and stderr appended to ``log`` (after a ``$ command`` line); return the exit code and,
+    on failure, the log's last lines."""
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        returncode = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    tail = "" if returncode == 0 else \
+        "".join(log.read_text(errors="replace").splitlines(keepends=True)[-tail_lines:])
+    return returncode, tail
+
+
 class Runner:
     """Run jobs in parallel lanes, respecting dependencies; print one line per start and end."""
 
@@ -298,15 +310,10 @@ class Runner:
         elif state == "validate":
             cmd = [c for c in cmd if c != "-pretrained_weights" and not c.endswith("checkpoint_final.pth")] + ["--val"]
         log = self.logs / (job.name.replace("/", "__") + ".log")
-        env = {**self.env, "nnUNet_results": str(job.results)}
         job.results.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
-            f.write(f"$ {shlex.join(cmd)}\n")
-            f.flush()
-            proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
-            self._say(f"FAILED {job.name} (exit {proc.returncode}); log {log}:\n{tail}")
+        returncode, tail = _run_logged(cmd, {**self.env, "nnUNet_results": str(job.results)}, log)
+        if returncode != 0:
+            self._say(f"FAILED {job.name} (exit {returncode}); log {log}:\n{tail}")
             return "failed"
         return "ok"
 
@@ -366,14 +373,10 @@ def nnunet_env(out: Path, scale: Scale) -> dict:
     return env
 
 
-def _check(cmd: List[str], env: dict, log: Path, echo) -> None:
-    with open(log, "a") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
-        f.flush()
-        proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}; log {log}:\n{tail}")
+def _check(cmd: List[str], env: dict, log: Path) -> None:
+    returncode, tail = _run_logged(cmd, env, log)
+    if returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited {returncode}; log {log}:\n{tail}")
 
 
 def prepare(out: Path, manifest: dict, scale: Scale, env: dict, echo=print) -> dict:
@@ -388,7 +391,7 @@ def prepare(out: Path, manifest: dict, scale: Scale, env: dict, echo=print) -> d
     if not all((preprocessed / d / "nnUNetPlans.json").is_file() for d in datasets):
         echo("fingerprint and plan (nnUNetv2_plan_and_preprocess --no_pp)")
         _check(["nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", CONFIGURATION, "--no_pp",
-                *(["-npfp", "1"] if scale.device == "cpu" else [])], env, logs / "plan.log", echo)
+                *(["-npfp", "1"] if scale.device == "cpu" else [])], env, logs / "plan.log")
     write_proxy_plans(preprocessed, datasets, manifest["target_dataset"], scale)
     vanilla_name, _ = plans_names(scale)
     data_dirs = [preprocessed / d / f"{vanilla_name}_{CONFIGURATION}" for d in datasets]
@@ -396,7 +399,7 @@ def prepare(out: Path, manifest: dict, scale: Scale, env: dict, echo=print) -> d
     if not all(d.is_dir() and len(list(d.glob("*.pkl"))) >= n for d, n in zip(data_dirs, n_cases)):
         echo(f"preprocess with {vanilla_name} (nnUNetv2_preprocess)")
         _check(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", vanilla_name, "-c", CONFIGURATION, *np_args],
-               env, logs / "preprocess.log", echo)
+               env, logs / "preprocess.log")
     return write_proxy_splits(preprocessed / manifest["target_dataset"], manifest, scale, manifest["spec"]["seed"])
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet, validate_encoder_groups
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, write_multi_encoder_plans
 from nnunetv2_ext.training.multi_encoder import build_multi_encoder
+from tests.conftest import write_tiny_preprocessed
 
 FIXTURES = Path(__file__).resolve().parents[1] / "planning" / "fixtures"
 NAMES = ["T1", "T1Gd", "T2", "FLAIR"]
@@ -304,12 +305,8 @@ def test_get_network_from_plans_applies_he_initialisation(encoder):
 
 @pytest.fixture()
 def preprocessed(tmp_path, monkeypatch):
-    folder = tmp_path / "Dataset992_Tiny"
-    folder.mkdir()
-    (folder / "nnUNetPlans.json").write_text((FIXTURES / "nnUNetPlans_tiny.json").read_text())
-    (folder / "dataset.json").write_text((FIXTURES / "dataset_tiny.json").read_text())
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    return folder
+    return write_tiny_preprocessed(tmp_path / "Dataset992_Tiny")
 
 
 def _shapes(net):

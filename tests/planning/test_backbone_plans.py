@@ -10,21 +10,12 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2_ext.planning.backbones import (BACKBONE_NAMES, RESENC_CLASS, STUNET_PRESETS, SWIN_UNETR_SEED000_PRESET,
                                              backbone_architecture, backbone_class_name, derive_backbone_plans,
                                              write_backbone_plans)
+from tests.conftest import write_tiny_preprocessed
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MONAI = ("swin_unetr", "segresnet", "unetr")
 SUFFIXES = {"swin_unetr": "SwinUNETR", "segresnet": "SegResNet", "unetr": "UNETR", "stunet_s": "STUNetS",
             "stunet_b": "STUNetB", "stunet_l": "STUNetL", "pctnet": "PCTNet", "transbts": "TransBTS"}
-
-
-@pytest.fixture()
-def plans():
-    return json.loads((FIXTURES / "nnUNetPlans_tiny.json").read_text())
-
-
-@pytest.fixture()
-def dataset_json():
-    return json.loads((FIXTURES / "dataset_tiny.json").read_text())
 
 
 def _without(d, *keys):
@@ -196,12 +187,8 @@ def test_errors(plans, dataset_json):
 
 @pytest.fixture()
 def preprocessed(tmp_path, monkeypatch):
-    folder = tmp_path / "Dataset992_Tiny"
-    folder.mkdir()
-    (folder / "nnUNetPlans.json").write_text((FIXTURES / "nnUNetPlans_tiny.json").read_text())
-    (folder / "dataset.json").write_text((FIXTURES / "dataset_tiny.json").read_text())
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
-    return folder
+    return write_tiny_preprocessed(tmp_path / "Dataset992_Tiny")
 
 
 def test_write_backbone_plans(preprocessed, tmp_path):

@@ -23,16 +23,6 @@ RESENC_CLASS = "dynamic_network_architectures.architectures.residual_unet.Residu
 
 
 @pytest.fixture()
-def plans():
-    return json.loads((FIXTURES / "nnUNetPlans_tiny.json").read_text())
-
-
-@pytest.fixture()
-def dataset_json():
-    return json.loads((FIXTURES / "dataset_tiny.json").read_text())
-
-
-@pytest.fixture()
 def resenc_plans(plans):
     """The fixture rewritten as nnU-Net's ResEnc planner writes it (n_blocks_per_stage instead of n_conv_per_stage)."""
     for config in plans["configurations"].values():
