@@ -16,7 +16,8 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["SPLIT_MODES", "SSIM_WIN_SIZE", "resolve_channels", "split_modalities", "psnr", "ssim3d"]
+__all__ = ["SPLIT_MODES", "SSIM_WIN_SIZE", "resolve_channels", "split_modalities", "psnr", "mean_intensity_psnr",
+           "ssim3d"]
 
 SPLIT_MODES = ("zero", "select")
 # SSIM window of Wang et al. 2004 (11-tap gaussian, sigma 1.5; k1 = 0.01, k2 = 0.03), MONAI SSIMMetric's defaults
@@ -116,6 +117,19 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: Optional[float] =
     b = target.shape[0]
     mse = (pred.double() - target.double()).pow(2).reshape(b, -1).mean(1)
     return 20 * torch.log10(_data_range(target, data_range)) - 10 * torch.log10(mse)
+
+
+def mean_intensity_psnr(target: torch.Tensor, data_range: Optional[float] = None) -> torch.Tensor:
+    """The trivial baseline of :func:`psnr`: the PSNR per sample of predicting each target image's own mean intensity
+    (per sample and channel) everywhere, i.e. ``20 log10(MAX_I / std)``. It knows the target's mean, which the network
+    does not see, so a prediction above it has learned the target's structure from the other modalities.
+
+    ``target`` (B, C, *spatial); ``data_range`` as in :func:`psnr`. Returns float64 (B,).
+    """
+    if target.dim() < 3:
+        raise ValueError(f"target must be (B, C, *spatial), got shape {tuple(target.shape)}")
+    mean = target.double().mean(dim=tuple(range(2, target.dim())), keepdim=True)
+    return psnr(mean.expand_as(target), target, data_range)
 
 
 def ssim3d(pred: torch.Tensor, target: torch.Tensor, data_range: Optional[float] = None,

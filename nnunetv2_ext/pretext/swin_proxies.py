@@ -52,6 +52,10 @@ __all__ = [
     "two_views",
     "nt_xent",
     "swin_proxy_losses",
+    "ROTATION_CHANCE",
+    "rotation_accuracy",
+    "reconstruction_l1",
+    "identity_l1",
 ]
 
 # Tang et al. 2022 / MONAI Pretrain ops.rot_rand: 4 classes, 0/90/180/270 deg over the last two spatial axes
@@ -66,6 +70,8 @@ TEMPERATURE = 0.5
 PROJECTION_DIM = 512
 # Tang et al. 2022 (L_tot) / MONAI Pretrain losses.Loss: alpha1 = alpha2 = alpha3 = 1 (rotation, contrastive, inpaint)
 LOSS_WEIGHTS = {"reconstruction": 1.0, "rotation": 1.0, "contrastive": 1.0}
+# the rotation task's trivial baseline: guessing one of the 4 uniformly drawn classes
+ROTATION_CHANCE = 1.0 / N_ROTATIONS
 
 
 def _check_images(x: torch.Tensor, what: str) -> None:
@@ -297,9 +303,36 @@ def swin_proxy_losses(reconstruction: torch.Tensor, rotation_logits: torch.Tenso
         raise ValueError(f"the batch must hold two views of each sample (even size), got {projection.shape[0]}")
     n = projection.shape[0] // 2
     parts = {
-        "reconstruction": F.l1_loss(reconstruction.float(), target.float()),
+        "reconstruction": reconstruction_l1(reconstruction, target),
         "rotation": F.cross_entropy(rotation_logits.float(), rotation),
         "contrastive": nt_xent(projection[:n], projection[n:], temperature),
     }
     total = sum(w[k] * v for k, v in parts.items())
     return total, parts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# learnability: each proxy's metric and its trivial baseline
+
+
+def rotation_accuracy(rotation_logits: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose rotation class (argmax of ``rotation_logits`` (N, 4)) is ``rotation`` (N,); its
+    trivial baseline is :data:`ROTATION_CHANCE` (the classes are drawn uniformly). Returns a float32 scalar."""
+    if rotation_logits.dim() != 2 or rotation_logits.shape[0] != rotation.numel():
+        raise ValueError(f"rotation_accuracy needs logits (N, classes) and N targets, got "
+                         f"{tuple(rotation_logits.shape)} and {tuple(rotation.shape)}")
+    return (rotation_logits.argmax(1) == rotation.reshape(-1).to(rotation_logits.device)).float().mean()
+
+
+def reconstruction_l1(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of a reconstruction to the unmasked view (L_inpaint of Tang et al. 2022), in float32."""
+    if reconstruction.shape != target.shape:
+        raise ValueError(f"reconstruction and target must have the same shape, got {tuple(reconstruction.shape)} and "
+                         f"{tuple(target.shape)}")
+    return F.l1_loss(reconstruction.float(), target.float())
+
+
+def identity_l1(view: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The trivial baseline of :func:`reconstruction_l1`: the L1 of a network that returns its masked input ``view``
+    unchanged (exact outside the boxes, the noise inside). A reconstruction below it has learned to inpaint."""
+    return reconstruction_l1(view, target)

@@ -35,6 +35,11 @@ __all__ = [
     "boxes_to_label",
     "volume_fusion",
     "save_volume_fusion_figure",
+    "fusion_level_confusion",
+    "class_counts",
+    "dice_per_level",
+    "mean_level_dice",
+    "constant_predictor_dice",
 ]
 
 
@@ -255,6 +260,82 @@ def volume_fusion(
     foreground = torch.roll(images, 1, 0)  # foreground[n] = images[(n - 1) mod B]
     fused = alpha * foreground + (1 - alpha) * images
     return fused, label, alpha
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# learnability: the pretext's metric and its trivial baseline
+
+
+def fusion_level_confusion(prediction: torch.Tensor, target: torch.Tensor, k: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True positives, false positives and false negatives of the fusion levels 1..K, summed over the batch.
+
+    ``prediction``/``target``: label maps of the same shape with values in {0..K} (e.g. the argmax of the network's
+    K + 1 outputs and the ``label`` of :func:`volume_fusion`). Returns three int64 (K,) tensors, entry ``j - 1`` for
+    level ``j``: the counts nnU-Net's online validation accumulates (``get_tp_fp_fn_tn`` of the one-hot argmax, the
+    background dropped).
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction and target must have the same shape, got {tuple(prediction.shape)} and "
+                         f"{tuple(target.shape)}")
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    levels = torch.arange(1, k + 1, device=target.device).view(k, *([1] * target.dim()))
+    pred, tgt = prediction[None] == levels, target[None] == levels
+    dims = tuple(range(1, target.dim() + 1))
+    tp = (pred & tgt).sum(dims)
+    return tp, (pred & ~tgt).sum(dims), (~pred & tgt).sum(dims)
+
+
+def class_counts(target: torch.Tensor, k: int) -> torch.Tensor:
+    """Voxels of each class 0..K in ``target`` (int64 (K + 1,)); raises ``ValueError`` for labels outside 0..K."""
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    flat = target.reshape(-1).long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > k):
+        raise ValueError(f"Volume Fusion labels lie in 0..{k}, got values {int(flat.min())}..{int(flat.max())}")
+    return torch.bincount(flat, minlength=k + 1)
+
+
+def dice_per_level(tp, fp, fn) -> torch.Tensor:
+    """``2 tp / (2 tp + fp + fn)`` per level (float64), NaN where a level is in neither prediction nor target (as
+    nnU-Net's online pseudo-Dice). Arguments: array-likes of one shape, e.g. (K,) or (candidates, K)."""
+    tp, fp, fn = (torch.as_tensor(v, dtype=torch.float64) for v in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.full_like(tp, float("nan")))
+
+
+def mean_level_dice(tp, fp, fn) -> float:
+    """Mean Dice over the K fusion levels (classes 1..K) from their counts, levels without any voxel in prediction and
+    target left out (nnU-Net's ``mean_fg_dice``: the nan-mean of the per-class Dice); NaN when every level is empty.
+    The Volume Fusion pretext metric (Wang et al., "MIS-FM: 3D Medical Image Segmentation using Foundation Models
+    Pretrained on a Large-Scale Unannotated Dataset", 2023, arXiv:2306.16925: the pretext is a K + 1 class
+    segmentation)."""
+    dice = dice_per_level(tp, fp, fn)
+    valid = ~torch.isnan(dice)
+    return float(dice[valid].mean()) if bool(valid.any()) else float("nan")
+
+
+def constant_predictor_dice(counts) -> float:
+    """The trivial baseline of :func:`mean_level_dice`: the best mean level Dice of a network that predicts one class
+    ``c`` in 0..K everywhere, computed from the class counts of the same targets (:func:`class_counts`, (K + 1,)).
+
+    Predicting level ``c`` everywhere gives it ``tp = n_c, fp = N - n_c, fn = 0``, so Dice ``2 n_c / (n_c + N)``, and
+    every other level Dice 0 (``tp = fp = 0, fn = n_j``; NaN and left out where ``n_j = 0``); predicting background
+    gives 0 on every level. A network that collapsed to one class scores at most this.
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+    if counts.numel() < 2 or bool((counts < 0).any()):
+        raise ValueError(f"counts must hold K + 1 >= 2 non-negative class counts, got {counts.tolist()}")
+    n_levels, total, zero = counts[1:], counts.sum(), torch.zeros((), dtype=torch.float64)
+    # candidate c (rows 0..K) against level j (columns 1..K)
+    predicted = torch.arange(counts.numel())[:, None] == torch.arange(1, counts.numel())[None, :]
+    tp = torch.where(predicted, n_levels[None, :], zero)
+    fp = torch.where(predicted, total - n_levels[None, :], zero)
+    fn = torch.where(predicted, zero, n_levels[None, :])
+    means = [mean_level_dice(tp[c], fp[c], fn[c]) for c in range(counts.numel())]
+    means = [m for m in means if not math.isnan(m)]
+    return max(means) if means else float("nan")
 
 
 def save_volume_fusion_figure(

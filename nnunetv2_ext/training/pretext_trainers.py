@@ -28,8 +28,10 @@ from torch import distributed as dist
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_ext.pretext import swin_proxies as sp
-from nnunetv2_ext.pretext.cross_modality import SSIM_WIN_SIZE, psnr, resolve_channels, split_modalities, ssim3d
+from nnunetv2_ext.pretext.cross_modality import (SSIM_WIN_SIZE, mean_intensity_psnr, psnr, resolve_channels,
+                                                 split_modalities, ssim3d)
 from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -59,6 +61,35 @@ class WarmupCosineLRScheduler(_LRScheduler):
             return self.initial_lr * (step + 1) / self.warmup_steps
         progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
         return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.lr_at(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+class StepLRScheduler(_LRScheduler):
+    """``lr(e) = lr0 gamma ** floor(e / step_epochs)``: the lr multiplied by ``gamma`` every ``step_epochs`` epochs
+    (``torch.optim.lr_scheduler.StepLR``), stepped once per epoch like nnU-Net's ``PolyLRScheduler``: nnU-Net calls
+    ``step(current_epoch)`` at every epoch start, which sets the lr of that epoch, so ``--c`` resumes at the right lr.
+    """
+
+    def __init__(self, optimizer, initial_lr: float, step_epochs: int, gamma: float = 0.5, current_step: int = None):
+        if step_epochs < 1 or not 0 < gamma <= 1:
+            raise ValueError(f"need step_epochs >= 1 and 0 < gamma <= 1, got {step_epochs} and {gamma}")
+        self.optimizer = optimizer
+        self.initial_lr = initial_lr
+        self.step_epochs = step_epochs
+        self.gamma = gamma
+        self.ctr = 0
+        super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr * self.gamma ** (step // self.step_epochs)
 
     def step(self, current_step=None):
         if current_step is None or current_step == -1:
@@ -185,9 +216,10 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
     Deviations, on purpose: a U-Net decoder with skips reconstructs (MONAI: a skip-free upsampling head); the heads
     read the bottleneck averaged over a 2^D grid (MONAI: two Swin tokens; see SSLHeads); nnU-Net's patch,
     augmentation and epochs, without mirroring (a mirrored image is indistinguishable from one rotated by another k);
-    patches with unequal last two sizes are centre-cropped square. Validation logs the three losses and the rotation
-    accuracy, which fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is then the best
-    rotation accuracy).
+    patches with unequal last two sizes are centre-cropped square. Validation logs the three losses and the pretext
+    metrics against their trivial baselines (``pretext_metrics.json``): rotation accuracy against chance (0.25) and
+    the reconstruction L1 against that of returning the masked input unchanged. The rotation accuracy fills nnU-Net's
+    "pseudo dice" slot (log and progress.png; the "best" checkpoint is then the best rotation accuracy).
     """
     initial_lr = 4e-4                    # MONAI Pretrain main.py --lr
     weight_decay = 0.1                   # MONAI Pretrain main.py --decay (AdamW)
@@ -269,6 +301,7 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
             loss = self.loss(output, batch["target"])
         correct = output.rotation_logits.argmax(1) == batch["target"][1]
         return {"loss": float(loss), "rotation_correct": int(correct.sum()), "rotation_total": int(correct.numel()),
+                "identity_l1": float(sp.identity_l1(batch["data"], batch["target"][0])),
                 **{k: float(v) for k, v in self.loss.last_parts.items()}}
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
@@ -277,11 +310,16 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
         accuracy = _gather(outputs["rotation_correct"], self.is_ddp).sum() / \
             _gather(outputs["rotation_total"], self.is_ddp).sum()
         parts = {k: _gather(outputs[k], self.is_ddp).mean() for k in self.loss_weights}
+        identity = _gather(outputs["identity_l1"], self.is_ddp).mean()
         self.logger.log("mean_fg_dice", accuracy, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [accuracy], self.current_epoch)
         self.logger.log("val_losses", loss, self.current_epoch)
         self.print_to_log_file("validation losses: " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items()) +
-                               f"; rotation accuracy {accuracy:.4f} (shown as 'Pseudo dice')")
+                               "; 'Pseudo dice' shows the rotation accuracy")
+        report_pretext_metrics(self, [
+            pretext_metric("rotation accuracy", accuracy, sp.ROTATION_CHANCE, "chance", higher_is_better=True),
+            pretext_metric("reconstruction L1", parts["reconstruction"], identity, "identity",
+                           higher_is_better=False)])
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("Swin UNETR proxy pretraining: no segmentation validation (the pretext has no labels); "
@@ -310,7 +348,9 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
     multi-encoder keeps one encoder per modality and the checkpoint maps onto the fine-tuning network by name.
     Modalities are resolved against dataset.json ``channel_names`` (a ``ValueError`` lists the available ones).
     Validation logs MSE (the validation loss), PSNR and SSIM (seed 002 sec. 4.3.1; data range = each target's range);
-    SSIM fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is the best SSIM).
+    SSIM fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is the best SSIM). The pretext
+    metric (log line and ``pretext_metrics.json``) is the PSNR against that of predicting each target image's own mean
+    intensity.
     """
     input_modalities = ("T1", "T1Gd")    # seed 002 sec. 3.1
     target_modalities = ("FLAIR",)       # seed 002 sec. 3.1
@@ -364,6 +404,7 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
         pred, target = pred.float(), batch["target"].float()
         win = min(SSIM_WIN_SIZE, *pred.shape[2:])
         return {"loss": float(loss), "psnr": psnr(pred, target).cpu().numpy(),
+                "psnr_mean_intensity": mean_intensity_psnr(target).cpu().numpy(),
                 "ssim": ssim3d(pred, target, win_size=win).cpu().numpy()}
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
@@ -371,11 +412,14 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
         mse = _gather(outputs["loss"], self.is_ddp).mean()
         psnr_db = _gather(outputs["psnr"], self.is_ddp).mean()
         ssim = _gather(outputs["ssim"], self.is_ddp).mean()
+        baseline = _gather(outputs["psnr_mean_intensity"], self.is_ddp).mean()
         self.logger.log("mean_fg_dice", ssim, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [ssim], self.current_epoch)
         self.logger.log("val_losses", mse, self.current_epoch)
         self.print_to_log_file(f"validation {'+'.join(self.input_modalities)} -> {'+'.join(self.target_modalities)}: "
                                f"MSE {mse:.4f}, PSNR {psnr_db:.2f} dB, SSIM {ssim:.4f} (shown as 'Pseudo dice')")
+        report_pretext_metrics(self, [pretext_metric("PSNR (dB)", psnr_db, baseline, "target mean intensity",
+                                                     higher_is_better=True)])
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("Cross-modality pretraining: no segmentation validation (the pretext has no labels); "

@@ -82,3 +82,23 @@ def test_ssim_window_larger_than_volume_is_refused():
     with pytest.raises(ValueError, match="win_size"):
         ssim3d(y, y)
     assert torch.allclose(ssim3d(y, y, win_size=7), torch.ones(2), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- learnability
+def test_mean_intensity_psnr_known_answer():
+    from nnunetv2_ext.pretext.cross_modality import mean_intensity_psnr
+
+    # target values 0 and 2 in equal parts: mean 1, MSE 1, range 2 -> 20 log10(2) dB; sample 2 scaled by 3: the same
+    t = torch.tensor([0.0, 2.0]).repeat(8).view(1, 1, 4, 4)
+    target = torch.cat([t, 3 * t])
+    assert mean_intensity_psnr(target).tolist() == pytest.approx([20 * math.log10(2)] * 2)
+    assert float(mean_intensity_psnr(t, data_range=4.0)) == pytest.approx(20 * math.log10(4))
+
+
+def test_mean_intensity_psnr_is_the_psnr_of_the_per_channel_mean():
+    from nnunetv2_ext.pretext.cross_modality import mean_intensity_psnr
+
+    target = _images(c=2, spatial=(6, 7, 8))
+    mean = target.mean(dim=(2, 3, 4), keepdim=True).expand_as(target)
+    assert torch.allclose(mean_intensity_psnr(target), psnr(mean, target))
+    assert bool((psnr(target, target) > mean_intensity_psnr(target)).all())  # a perfect prediction beats it

@@ -193,3 +193,28 @@ def test_swin_proxy_losses_sum_with_unit_weights():
     assert parts["rotation"].item() == pytest.approx(math.log(4), abs=1e-6)
     assert parts["contrastive"].item() == pytest.approx(math.log(3), abs=1e-6)
     assert total.item() == pytest.approx(1 + math.log(4) + math.log(3), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- learnability
+def test_rotation_accuracy_known_answer_and_chance():
+    from nnunetv2_ext.pretext.swin_proxies import ROTATION_CHANCE, rotation_accuracy
+
+    logits = torch.tensor([[5.0, 0, 0, 0], [0, 5.0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 5.0]])
+    assert float(rotation_accuracy(logits, torch.tensor([0, 1, 3, 3]))) == pytest.approx(0.75)
+    assert ROTATION_CHANCE == 1 / N_ROTATIONS == 0.25
+    with pytest.raises(ValueError, match="N targets"):
+        rotation_accuracy(logits, torch.tensor([0, 1]))
+
+
+def test_identity_l1_is_the_noise_error_inside_the_mask():
+    from nnunetv2_ext.pretext.swin_proxies import identity_l1, reconstruction_l1
+
+    x = torch.rand(2, 2, 16, 16, generator=_gen(4))
+    masked, mask = random_box_mask(x, _gen(5))
+    inside = mask.expand_as(x)
+    expected = float((masked - x).abs()[inside].sum() / x.numel())
+    assert float(identity_l1(masked, x)) == pytest.approx(expected, rel=1e-5)
+    assert float(reconstruction_l1(x, x)) == 0.0  # the perfect inpainting beats the identity
+    assert float(identity_l1(x, x)) == 0.0  # nothing masked: nothing to learn
+    with pytest.raises(ValueError, match="same shape"):
+        identity_l1(masked, x[:1])

@@ -1,5 +1,7 @@
 """Tests for the Volume Fusion pretext (seed 003, MIS-FM, sec. 3.1 / eq. (1) / Algorithm 1)."""
 
+import math
+
 import pytest
 import torch
 
@@ -240,3 +242,72 @@ def test_save_figure_writes_png(tmp_path, spatial):
     out = save_volume_fusion_figure(x, fused, label, tmp_path / "vf.png", channel=1)
     data = open(out, "rb").read()
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------- learnability metric
+def test_fusion_level_confusion_known_counts():
+    from nnunetv2_ext.pretext.volume_fusion import fusion_level_confusion
+
+    target = torch.tensor([[0, 1, 1, 2], [2, 2, 0, 0]])
+    pred = torch.tensor([[0, 1, 2, 2], [2, 0, 0, 1]])
+    tp, fp, fn = fusion_level_confusion(pred, target, k=2)
+    assert tp.tolist() == [1, 2] and fp.tolist() == [1, 1] and fn.tolist() == [1, 1]
+
+
+def test_fusion_level_confusion_matches_nnunet_online_counts():
+    from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+
+    from nnunetv2_ext.pretext.volume_fusion import fusion_level_confusion
+
+    g = _gen(3)
+    target = torch.randint(0, 5, (2, 1, 6, 7), generator=g)
+    logits = torch.randn(2, 5, 6, 7, generator=g)
+    onehot = torch.zeros_like(logits).scatter_(1, logits.argmax(1, keepdim=True), 1)
+    tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=[0, 2, 3])
+    mine = fusion_level_confusion(logits.argmax(1, keepdim=True), target, k=4)
+    for a, b in zip(mine, (tp[1:], fp[1:], fn[1:])):
+        assert a.tolist() == b.long().tolist()
+
+
+def test_mean_level_dice_known_answer_and_empty_levels():
+    from nnunetv2_ext.pretext.volume_fusion import mean_level_dice
+
+    # level 1: 2*1/(2+1+1) = 0.5; level 2: 2*2/(4+1+1) = 2/3; level 3 empty in prediction and target: left out
+    assert mean_level_dice([1, 2, 0], [1, 1, 0], [1, 1, 0]) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert mean_level_dice([3], [0], [0]) == 1.0
+    assert math.isnan(mean_level_dice([0, 0], [0, 0], [0, 0]))
+
+
+def test_constant_predictor_dice_known_answer():
+    from nnunetv2_ext.pretext.volume_fusion import constant_predictor_dice, fusion_level_confusion, mean_level_dice
+
+    # N = 10 voxels: 4 background, 4 of level 1, 2 of level 2. Predicting level 1 everywhere: Dice 2*4/(4+10) on
+    # level 1, 0 on level 2 -> mean 4/14; level 2 everywhere: 2*2/12 / 2 = 1/6; background: 0
+    counts = [4, 4, 2]
+    assert constant_predictor_dice(counts) == pytest.approx(4 / 14)
+    # the same number from the confusion counts of the constant predictions themselves
+    target = torch.tensor([0] * 4 + [1] * 4 + [2] * 2)
+    best = max(mean_level_dice(*fusion_level_confusion(torch.full_like(target, c), target, 2)) for c in range(3))
+    assert best == pytest.approx(4 / 14)
+    # a level absent from the targets is left out of the mean, as for the network's own Dice
+    assert constant_predictor_dice([5, 5, 0]) == pytest.approx(2 * 5 / 15)
+
+
+def test_class_counts_and_bad_labels():
+    from nnunetv2_ext.pretext.volume_fusion import class_counts, constant_predictor_dice
+
+    assert class_counts(torch.tensor([[0, 2], [2, 2]]), k=3).tolist() == [1, 0, 3, 0]
+    with pytest.raises(ValueError, match="0..2"):
+        class_counts(torch.tensor([0, 3]), k=2)
+    with pytest.raises(ValueError, match="K \\+ 1 >= 2"):
+        constant_predictor_dice([7])
+
+
+def test_perfect_prediction_beats_constant_predictor_on_a_fusion_sample():
+    from nnunetv2_ext.pretext.volume_fusion import class_counts, constant_predictor_dice, fusion_level_confusion, \
+        mean_level_dice
+
+    cfg = VolumeFusionConfig()
+    _, label, _ = volume_fusion(_images(spatial=SHAPE2D), cfg, _gen(5))
+    assert mean_level_dice(*fusion_level_confusion(label, label, cfg.k)) == 1.0
+    assert 0 < constant_predictor_dice(class_counts(label, cfg.k)) < 0.5

@@ -1,0 +1,64 @@
+"""Did the pretext learn? Each pretext trainer's metric against its trivial baseline, logged and kept as JSON.
+
+At every validation epoch a pretext trainer computes its metric and the metric of a trivial predictor on the same
+validation batches (the functions of ``nnunetv2_ext.pretext``), and hands them to :func:`report_pretext_metrics`,
+which prints one line to the training log and (rank 0) writes ``pretext_metrics.json`` atomically in the fold's output
+folder::
+
+    {"trainer": "nnUNetTrainerVolumeFusion", "epoch": 12,
+     "metrics": [{"name": "fusion-level Dice", "value": 0.41, "baseline": 0.10, "baseline_name": "constant predictor",
+                  "higher_is_better": true, "learned": true}],
+     "history": [{"epoch": 0, "metrics": [...]}, ..., {"epoch": 12, "metrics": [...]}]}
+
+``learned`` is True when the value is strictly better than the baseline. A run continued with ``--c`` keeps the history
+of the epochs before the one it resumes at; a new run in the same folder starts a new history.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+from nnunetv2_ext.io_utils import atomic_write_json, load_json
+
+PRETEXT_METRICS_FILE = "pretext_metrics.json"
+
+
+def pretext_metric(name: str, value: float, baseline: float, baseline_name: str, higher_is_better: bool) -> dict:
+    """One entry of ``pretext_metrics.json``; ``learned`` = value strictly better than baseline (False for NaN)."""
+    value, baseline = float(value), float(baseline)
+    learned = value > baseline if higher_is_better else value < baseline
+    return {"name": name, "value": value, "baseline": baseline, "baseline_name": baseline_name,
+            "higher_is_better": bool(higher_is_better), "learned": bool(learned)}
+
+
+def format_pretext_metrics(metrics: Sequence[dict]) -> str:
+    """One log line, e.g. ``pretext metric: fusion-level Dice 0.4100 (constant predictor 0.1000): learned``."""
+    if not metrics:
+        raise ValueError("no pretext metrics to format")
+    parts = [f"{m['name']} {m['value']:.4f} ({m['baseline_name']} {m['baseline']:.4f}): "
+             f"{'learned' if m['learned'] else 'not learned'}" for m in metrics]
+    return f"pretext metric{'s' if len(parts) > 1 else ''}: " + "; ".join(parts)
+
+
+def updated_record(previous: Optional[dict], trainer: str, epoch: int, metrics: Sequence[dict]) -> dict:
+    """The new content of ``pretext_metrics.json``: ``previous``'s history before ``epoch`` (the epochs a resumed run
+    does not repeat; none for a new run, which starts at epoch 0) plus this epoch. ``previous`` is not modified."""
+    history: List[dict] = [h for h in (previous or {}).get("history", []) if int(h["epoch"]) < epoch]
+    metrics = [dict(m) for m in metrics]
+    history.append({"epoch": int(epoch), "metrics": metrics})
+    return {"trainer": trainer, "epoch": int(epoch), "metrics": metrics, "history": history}
+
+
+def report_pretext_metrics(trainer, metrics: Sequence[dict]) -> Optional[dict]:
+    """Log ``metrics`` (entries of :func:`pretext_metric`) through ``trainer.print_to_log_file`` and, on rank 0, write
+    them to ``<trainer.output_folder>/pretext_metrics.json`` at ``trainer.current_epoch``. Returns the record written
+    (None on other ranks). Call it from ``on_validation_epoch_end`` after gathering over the DDP workers."""
+    trainer.print_to_log_file(format_pretext_metrics(metrics))
+    if trainer.local_rank != 0:
+        return None
+    path = os.path.join(trainer.output_folder, PRETEXT_METRICS_FILE)
+    previous = load_json(path) if os.path.isfile(path) else None
+    record = updated_record(previous, type(trainer).__name__, trainer.current_epoch, metrics)
+    atomic_write_json(record, path, overwrite=True)
+    return record
+
