@@ -153,6 +153,21 @@ def _weights_inspect(args: argparse.Namespace) -> None:
         print(inspect_weights(args.file, args.format))
 
 
+def _weights_use(args: argparse.Namespace) -> None:
+    from nnunetv2.paths import nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunetv2_ext.training.pretraining_lookup import record_pretraining_checkpoint
+
+    if not nnUNet_results.is_set():
+        raise RuntimeError("nnUNet_results is not set: export it as for nnU-Net's own commands")
+    dataset = str(maybe_convert_to_dataset_name(args.dataset))
+    path = record_pretraining_checkpoint(nnUNet_results.get(), dataset, args.plans, args.configuration, args.file,
+                                         overwrite=args.overwrite)
+    print(f"recorded {Path(args.file).resolve()} for {dataset} (plans {args.plans}, configuration "
+          f"{args.configuration}) in {path}")
+
+
 def _predict(args: argparse.Namespace) -> None:
     from nnunetv2_ext.inference.subset_predict import model_folder_from_args, predict_with_subset
 
@@ -320,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configuration", default="3d_fullres")
     p.add_argument("--trainer", default="nnUNetTrainerMultiEncoder")
     p.set_defaults(func=_weights_inspect)
+    p = weights.add_parser("use", help="record FILE as the pretrained weights nnUNetTrainerMultiEncoderSSL takes for a "
+                           "dataset, plans and configuration when nnUNetv2_train gets no -pretrained_weights")
+    p.add_argument("dataset", help="dataset id or name (as for nnUNetv2_train)")
+    p.add_argument("file", help="checkpoint_final.pth of a pretraining run (or any file -pretrained_weights takes)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans_MultiEncoder")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("--overwrite", action="store_true", help="replace another file recorded for the same key")
+    p.set_defaults(func=_weights_use)
 
     p = sub.add_parser("predict", help="nnU-Net prediction from a subset of the modalities (multi-encoder models)")
     p.add_argument("-i", required=True, help="input folder: {case}_{channel:04d} files of the present modalities")
@@ -357,10 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = proxy.add_parser("run", help="train every method on every few-shot level through nnU-Net and write the "
                          "tables, the few-shot curve and the paired comparison to OUT/results_<scale>; rerun to resume")
     p.add_argument("--out", required=True, help="benchmark folder written by `proxy make`")
-    p.add_argument("--scale", choices=["cpu", "gpu", "smoke"], default="cpu",
-                   help="cpu: 2-core CPU in about an hour (default); gpu: nnU-Net's planned patch, longer schedule; "
-                   "smoke: a toy run for tests")
-    p.add_argument("--methods", default=None, help="comma-separated subset of vanilla,scratch,ssl_vf,ssl_swin")
+    p.add_argument("--scale", choices=["cpu", "cpu2d", "gpu", "smoke"], default="cpu",
+                   help="cpu: 2-core CPU in about an hour (default); cpu2d: nnU-Net's 2d configuration with long "
+                   "pretraining, 2 labelled cases; gpu: nnU-Net's planned patch, longer schedule; smoke: a toy run "
+                   "for tests")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of vanilla,scratch,ssl_vf,ssl_swin,ssl_cm")
     p.add_argument("--n-labelled", default=None, help="comma-separated labelled-case levels, e.g. 2,4,8,16")
     p.add_argument("--repeats", type=int, default=None, help="random subsets per level")
     p.add_argument("--lanes", type=int, default=None, help="parallel training jobs")

@@ -28,6 +28,11 @@ class ExtTrainerBase(nnUNetTrainer):
     """
     new_modality_init = "kaiming"  # new input channels: He init (seed 001 sec. 2.4.1), or "mean" of pretrained ones
     pretrained_format = None       # -pretrained_weights format: None detects it (nnunetv2_ext.transfer.formats)
+    # what -pretrained_weights transfers (nnunetv2_ext.transfer.fresh_keys_for_scope): "all" (encoders and decoder,
+    # the segmentation heads fresh) or "encoder"; the decoder's last stages or its normalisation can be kept fresh
+    transfer_scope = "all"
+    transfer_fresh_decoder_stages = 0
+    transfer_reset_decoder_norm = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -55,6 +60,7 @@ class ExtTrainerBase(nnUNetTrainer):
         from nnunetv2_ext.transfer import transfer_weights
         from nnunetv2_ext.transfer.formats import read_weights, swin_prefix_of, with_source_notes
 
+        self._refuse_to_overwrite()  # before the report is written: a refused run leaves its fold folder as it was
         if not self.was_initialized:
             self.initialize()
         network = self._plain_network()
@@ -62,7 +68,9 @@ class ExtTrainerBase(nnUNetTrainer):
         # pretrained_format to force one
         source = read_weights(fname, format=self.pretrained_format, swin_prefix=swin_prefix_of(network))
         state, report = transfer_weights(source, network, target_modalities=modality_names(self.dataset_json),
-                                         new_modality_init=self.new_modality_init)
+                                         new_modality_init=self.new_modality_init, scope=self.transfer_scope,
+                                         fresh_decoder_stages=self.transfer_fresh_decoder_stages,
+                                         reset_decoder_norm=self.transfer_reset_decoder_norm)
         report = with_source_notes(report, source)
         network.load_state_dict(state)
         self.transfer_report = report
@@ -86,14 +94,17 @@ class ExtTrainerBase(nnUNetTrainer):
         super().load_checkpoint(filename_or_checkpoint)
         self.resumed = True
 
-    def on_train_start(self):
-        """Refuse to train over a finished or interrupted run unless continuing it (--c), so that results are never
-        silently overwritten (nnU-Net itself starts over). ``NNUNETV2_EXT_OVERWRITE=1`` allows it explicitly."""
+    def _refuse_to_overwrite(self) -> None:
         existing = [c for c in ("checkpoint_final.pth", "checkpoint_latest.pth")
                     if os.path.isfile(os.path.join(self.output_folder, c))]
         if existing and not self.resumed and os.environ.get(OVERWRITE_ENV) != "1":
             raise RuntimeError(f"{self.output_folder} already holds {', '.join(existing)}: pass --c to continue "
                                f"that run, delete the folder, or set {OVERWRITE_ENV}=1 to train over it")
+
+    def on_train_start(self):
+        """Refuse to train over a finished or interrupted run unless continuing it (--c), so that results are never
+        silently overwritten (nnU-Net itself starts over). ``NNUNETV2_EXT_OVERWRITE=1`` allows it explicitly."""
+        self._refuse_to_overwrite()
         super().on_train_start()
 
 

@@ -87,8 +87,9 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return out
 
 
-def _load(path: Path) -> Any:
+def load_checkpoint_file(path: str | os.PathLike) -> Any:
     """``torch.load`` with weights_only=True and the nnU-Net allow-list, with errors that say what to do."""
+    path = Path(path)
     try:
         with torch.serialization.safe_globals(NNUNET_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -175,7 +176,7 @@ def read_checkpoint(path: str | os.PathLike) -> SourceWeights:
         hint = path / "checkpoint_final.pth"
         raise ValueError(f"{path} is a folder, expected a checkpoint file"
                          + (f"; did you mean {hint}?" if hint.is_file() else ""))
-    obj = _load(path)
+    obj = load_checkpoint_file(path)
 
     if isinstance(obj, Mapping) and "network_weights" in obj:
         state = obj["network_weights"]

@@ -59,7 +59,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from nnunetv2_ext.transfer.checkpoint import SourceWeights, _is_state_dict, read_checkpoint, strip_prefixes
-from nnunetv2_ext.transfer.checkpoint import _load as _safe_load  # weights_only + allow-list + refusal message
+from nnunetv2_ext.transfer.checkpoint import load_checkpoint_file as _safe_load  # weights_only + allow-list + refusal message
 from nnunetv2_ext.transfer.transfer import TransferReport, canonical_keys
 
 FORMATS = ("nnunet", "nnssl", "monai_swin_ssl", "monai_swin", "brainsegfounder", "state_dict")

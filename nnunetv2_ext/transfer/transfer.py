@@ -30,6 +30,10 @@ from nnunetv2_ext.transfer.checkpoint import SourceWeights, strip_prefixes
 
 ACTIONS = ("loaded", "adapted", "new", "ignored")
 NEW_MODALITY_INITS = ("kaiming", "mean")
+# what a transfer copies: "all" (encoders and decoder; the segmentation heads never) or "encoder" (encoders only, the
+# decoder keeps the target's fresh initialisation)
+TRANSFER_SCOPES = ("all", "encoder")
+_DECODER_STAGE = re.compile(r"^decoder\.(?:stages|transpconvs|seg_layers)\.(\d+)\.")
 # negative slope nnU-Net's InitWeights_He uses for kaiming_normal_ (and MultiEncoderUNet.initialize)
 HE_NEG_SLOPE = 1e-2
 SEG_HEAD = ".seg_layers."
@@ -311,9 +315,11 @@ class _Transfer:
     """One transfer: holds both sides and the decisions; :func:`transfer_weights` is its only user."""
 
     def __init__(self, source: SourceWeights, target: nn.Module, target_modalities: Optional[Sequence[str]],
-                 new_modality_init: str, skip: Tuple[str, ...], generator: Optional[torch.Generator]):
+                 new_modality_init: str, skip: Tuple[str, ...], generator: Optional[torch.Generator],
+                 fresh: Optional[Mapping[str, str]] = None):
         self.source, self.target = source, target
         self.mode, self.skip, self.generator = new_modality_init, tuple(skip), generator
+        self.fresh = dict(fresh or {})  # canonical target key -> why it keeps its fresh initialisation
         self.notes: List[str] = []
         self.mapping: List[str] = []
         self.s_state = source.state
@@ -610,6 +616,8 @@ class _Transfer:
 
     def decide(self, tkey: str) -> Tuple[torch.Tensor, TransferEntry]:
         tval = self.t_state[tkey].detach().clone()
+        if tkey in self.fresh:
+            return tval, self._entry(tkey, "new", self._src(tkey), self.fresh[tkey])
         hit = next((s for s in self.skip if s in tkey), None)
         if hit is not None:
             skey = self._src(tkey)
@@ -651,9 +659,60 @@ class _Transfer:
         return state, report
 
 
+def fresh_keys_for_scope(target: nn.Module, scope: str = "all", fresh_decoder_stages: int = 0,
+                         reset_decoder_norm: bool = False) -> Dict[str, str]:
+    """Canonical state-dict keys of ``target`` that a transfer with this scope leaves at their fresh initialisation,
+    each with the reason (the report's note).
+
+    Args:
+        target: a dynamic-network-architectures style U-Net (``encoder.*`` / ``decoder.*`` keys) for any scope other
+            than ``"all"`` with no fresh stages and no norm reset.
+        scope: ``"all"`` (encoders and decoder) or ``"encoder"`` (encoders only: every ``decoder.*`` key fresh).
+        fresh_decoder_stages: with ``scope="all"``, the number of the decoder's last (highest-resolution) stages kept
+            fresh (their ``decoder.stages.i``, ``decoder.transpconvs.i`` and ``decoder.seg_layers.i`` keys).
+        reset_decoder_norm: keep the affine parameters (and running statistics) of every normalisation layer of the
+            decoder fresh (weight 1, bias 0), the decoder's convolutions transferred.
+
+    Raises:
+        ValueError: an unknown scope, a negative stage count, or a scope that needs ``encoder.*`` / ``decoder.*``
+            keys on a network without them.
+    """
+    if scope not in TRANSFER_SCOPES:
+        raise ValueError(f"transfer scope must be one of {TRANSFER_SCOPES}, got {scope!r}")
+    if fresh_decoder_stages < 0:
+        raise ValueError(f"fresh_decoder_stages must be >= 0, got {fresh_decoder_stages}")
+    if scope == "all" and not fresh_decoder_stages and not reset_decoder_norm:
+        return {}
+    state = target.state_dict()
+    canon = canonical_keys(state)
+    keys = [k for k in state if canon[k] == k]
+    if not any(k.startswith("encoder.") for k in keys) or not any(k.startswith("decoder.") for k in keys):
+        raise ValueError(f"a transfer of scope {scope!r} (or with fresh decoder stages / decoder norm reset) needs a "
+                         f"U-Net with encoder.* and decoder.* keys (dynamic-network-architectures style); "
+                         f"{type(target).__name__} has none: use scope 'all'")
+    if scope == "encoder":
+        return {k: "decoder: not transferred (scope 'encoder')" for k in keys if k.startswith("decoder.")}
+    fresh: Dict[str, str] = {}
+    stages = sorted({int(m.group(1)) for k in keys if (m := _DECODER_STAGE.match(k))})
+    last = set(stages[len(stages) - fresh_decoder_stages:]) if fresh_decoder_stages else set()
+    for k in keys:
+        m = _DECODER_STAGE.match(k)
+        if m and int(m.group(1)) in last:
+            fresh[k] = f"decoder stage {m.group(1)}: one of the last {fresh_decoder_stages}, not transferred"
+    if reset_decoder_norm:
+        norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+        for k in keys:
+            module_name = k.rsplit(".", 1)[0]
+            if k.startswith("decoder.") and k not in fresh and \
+                    isinstance(target.get_submodule(module_name), norms):
+                fresh[k] = "decoder normalisation: affine parameters and statistics re-initialised"
+    return fresh
+
+
 def transfer_weights(source: SourceWeights | Mapping[str, torch.Tensor], target: nn.Module,
                      target_modalities: Optional[Sequence[str]] = None, new_modality_init: str = "kaiming",
-                     skip: Tuple[str, ...] = (SEG_HEAD,), generator: Optional[torch.Generator] = None
+                     skip: Tuple[str, ...] = (SEG_HEAD,), generator: Optional[torch.Generator] = None,
+                     scope: str = "all", fresh_decoder_stages: int = 0, reset_decoder_norm: bool = False
                      ) -> Tuple[Dict[str, torch.Tensor], TransferReport]:
     """Build a state dict for ``target`` from pretrained weights, mapping encoders and input channels by modality.
 
@@ -685,6 +744,8 @@ def transfer_weights(source: SourceWeights | Mapping[str, torch.Tensor], target:
         skip: substrings of keys never transferred (default: segmentation heads).
         generator: with ``'kaiming'``, redraw new channels' kernels from this generator (He normal, negative slope
             1e-2 as nnU-Net's InitWeights_He) instead of keeping the target's own init.
+        scope, fresh_decoder_stages, reset_decoder_norm: what is transferred at all (see
+            :func:`fresh_keys_for_scope`); keys left out are ``new``, with the reason in the note.
 
     Returns:
         (state dict with every key of ``target.state_dict()``, report).
@@ -702,5 +763,6 @@ def transfer_weights(source: SourceWeights | Mapping[str, torch.Tensor], target:
             raise ValueError(f"source must be SourceWeights (see read_checkpoint) or a state dict of tensors, got "
                              f"{type(source).__name__}")
         source = SourceWeights(state=strip_prefixes(source))
+    fresh = fresh_keys_for_scope(target, scope, fresh_decoder_stages, reset_decoder_norm)
     with torch.no_grad():
-        return _Transfer(source, target, target_modalities, new_modality_init, tuple(skip), generator).run()
+        return _Transfer(source, target, target_modalities, new_modality_init, tuple(skip), generator, fresh).run()

@@ -1,7 +1,8 @@
 """The self-supervised pipeline of seed 000 through nnU-Net's own commands:
 unlabeled scans (T1, FLAIR) -> `nnunetv2_ext unlabeled-dataset` -> plan_and_preprocess -> Volume Fusion stage 1 ->
 Volume Fusion stage 2 on the labelled 4-modality dataset (-pretrained_weights crosses 2 -> 4 modalities) ->
-nnUNetTrainerMultiEncoderSSL fine-tuning (-pretrained_weights) -> nnUNetv2_predict."""
+nnUNetTrainerMultiEncoderSSL fine-tuning with no -pretrained_weights (it finds stage 2 by convention) ->
+nnUNetv2_predict."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,14 @@ def test_two_stage_volume_fusion_then_ssl_fine_tuning(preprocessed_example: NnUN
     log = next(stage1.glob("training_log_*.txt")).read_text()
     assert len(re.findall(r"Pseudo dice \[(.*)\]", log)[-1].split(",")) == VolumeFusionConfig().k
 
+    # no -pretrained_weights and no pretext run of the target dataset yet (stage 1 is another dataset's): the SSL
+    # trainer refuses to start and says what to run
+    proc = example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+                       "-p", PLANS, "-device", "cpu", check=False)
+    assert proc.returncode != 0 and "pass -pretrained_weights" in proc.stderr
+    pretrain = f"nnUNetv2_train {example.dataset_name} 3d_fullres all -tr nnUNetTrainerVolumeFusion -p {PLANS}"
+    assert pretrain in proc.stderr
+
     # stage 2: the target dataset's images, 4 modalities: T1 and FLAIR encoders pretrained, T1Gd and T2 new
     example.run(train, str(example.dataset_id), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug",
                 "-p", PLANS, "-device", "cpu", "-pretrained_weights", str(stage1 / "checkpoint_final.pth"))
@@ -57,20 +66,18 @@ def test_two_stage_volume_fusion_then_ssl_fine_tuning(preprocessed_example: NnUN
     assert [report["by_key"][_first_conv(i)]["action"] for i in range(4)] == ["loaded", "new", "new", "loaded"]
     assert report["counts"]["loaded"] > report["counts"]["new"]
 
-    # without pretrained weights the SSL trainer refuses to start
-    proc = example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
-                       "-p", PLANS, "-device", "cpu", check=False)
-    assert proc.returncode != 0 and "pass -pretrained_weights" in proc.stderr
-
-    # fine-tune: every encoder and the decoder pretrained, the segmentation heads fresh
+    # fine-tune with nnU-Net's literal command, no -pretrained_weights: stage 2 is the target dataset's only pretext
+    # run with these plans and configuration; every encoder and the decoder pretrained, the segmentation heads fresh
     example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
-                "-p", PLANS, "-device", "cpu", "-pretrained_weights", str(stage2 / "checkpoint_final.pth"))
+                "-p", PLANS, "-device", "cpu")
     fine_tuned = _fold(example, example.dataset_name, "nnUNetTrainerMultiEncoderSSL_debug", "0")
     report = _report(fine_tuned)
     assert all(report["by_key"][_first_conv(i)]["action"] == "loaded" for i in range(4))
     assert all(e["action"] == "new" for k, e in report["by_key"].items() if ".seg_layers." in k)
     # the refused run above left its own log in this folder: read them all
-    assert "Pretrained weights from" in "".join(p.read_text() for p in fine_tuned.glob("training_log_*.txt"))
+    logs = "".join(p.read_text() for p in fine_tuned.glob("training_log_*.txt"))
+    assert f"Pretrained weights found by convention: {stage2 / 'checkpoint_final.pth'}" in logs
+    assert f"Pretrained weights from {stage2 / 'checkpoint_final.pth'}" in logs
 
     pred = tmp_path / "pred"
     example.run(console_script("nnUNetv2_predict"), "-i", str(example.raw / "imagesTs"), "-o", str(pred),

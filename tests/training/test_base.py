@@ -53,3 +53,13 @@ def test_single_modality_dataset_is_refused_before_any_work(tmp_path, monkeypatc
         nnUNetTrainerMultiEncoder({}, "3d_fullres", 0, {"channel_names": {"0": "CT"}, "labels": {"background": 0}},
                                   torch.device("cpu"))
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_pretrained_weights_into_a_finished_run_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("NNUNETV2_EXT_OVERWRITE", raising=False)
+    (tmp_path / "checkpoint_final.pth").write_bytes(b"finished run")
+    trainer = _bare_trainer()
+    trainer.output_folder, trainer.resumed = str(tmp_path), False
+    with pytest.raises(RuntimeError, match="pass --c to continue"):
+        trainer.load_pretrained_weights(str(tmp_path / "weights.pth"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_final.pth"]

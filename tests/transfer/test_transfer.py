@@ -368,3 +368,55 @@ def test_report_save(tmp_path, plain_source):
     n_keys = len(canonical(target.state_dict()))
     assert sum(report.counts().values()) == n_keys + report.counts()["ignored"]
     assert not list((tmp_path / "out").glob("*.partial"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# what is transferred: the scope
+
+
+def test_scope_encoder_keeps_the_whole_decoder_fresh(multi_source):
+    src, s = multi_source
+    target = multi(["T1", "FLAIR"])
+    fresh = clone_state(target)
+    state, report = transfer_weights(src, target, scope="encoder")
+    by_key = actions(report)
+    for k in canonical(state):
+        if k.startswith("decoder."):
+            assert by_key[k].action == "new" and torch.equal(state[k], fresh[k]), k
+        else:
+            assert by_key[k].action == "loaded" and torch.equal(state[k], s[k]), k
+    assert "scope 'encoder'" in by_key["decoder.stages.0.convs.0.conv.weight"].note
+    # the decoder's alias of the encoder (decoder.encoder.*) is the encoder: loaded with it
+    alias = next(k for k in state if k.startswith("decoder.encoder."))
+    assert torch.equal(state[alias], s[alias[len("decoder."):]])
+
+
+def test_fresh_last_decoder_stage_and_norm_reset(multi_source):
+    src, s = multi_source
+    target = multi(["T1", "FLAIR"])
+    fresh = clone_state(target)
+    last = 1  # 3 encoder stages -> decoder stages 0 and 1; 1 is the full-resolution one
+    state, report = transfer_weights(src, target, fresh_decoder_stages=1)
+    by_key = actions(report)
+    for k in canonical(state):
+        if k.startswith((f"decoder.stages.{last}.", f"decoder.transpconvs.{last}.", f"decoder.seg_layers.")):
+            assert by_key[k].action == "new" and torch.equal(state[k], fresh[k]), k
+        else:
+            assert by_key[k].action == "loaded", k
+    state, report = transfer_weights(src, target, reset_decoder_norm=True)
+    by_key = actions(report)
+    norm_keys = [k for k in canonical(state) if k.startswith("decoder.") and ".norm." in k]
+    assert norm_keys and all(by_key[k].action == "new" and torch.equal(state[k], fresh[k]) for k in norm_keys)
+    conv = "decoder.stages.0.convs.0.conv.weight"
+    assert by_key[conv].action == "loaded" and torch.equal(state[conv], s[conv])
+
+
+def test_scope_arguments_are_checked(multi_source):
+    src, _ = multi_source
+    with pytest.raises(ValueError, match="transfer scope must be one of"):
+        transfer_weights(src, multi(["T1", "FLAIR"]), scope="decoder")
+    with pytest.raises(ValueError, match="fresh_decoder_stages must be >= 0"):
+        transfer_weights(src, multi(["T1", "FLAIR"]), fresh_decoder_stages=-1)
+    flat = nn.Sequential(nn.Conv3d(2, 4, 3))
+    with pytest.raises(ValueError, match="use scope 'all'"):
+        transfer_weights({"0.weight": torch.zeros(4, 2, 3, 3, 3)}, flat, scope="encoder")

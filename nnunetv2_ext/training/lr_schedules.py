@@ -1,0 +1,102 @@
+"""Learning-rate schedules of this package's trainers, stepped once per epoch like nnU-Net's ``PolyLRScheduler``.
+
+A schedule here is a pure function of the epoch (``step(epoch)`` sets every group's lr), so ``--c`` resumes at the
+right lr and every DDP rank computes the same value.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import _LRScheduler
+
+ENCODER_GROUP = "encoder"
+DECODER_GROUP = "decoder"
+
+
+def encoder_decoder_param_groups(network: nn.Module) -> List[Dict]:
+    """Two optimiser parameter groups of a dynamic-network-architectures style U-Net: every parameter outside the
+    encoder (decoder, segmentation heads) first, so that nnU-Net's log and progress.png show its lr, then the
+    ``encoder.*`` parameters (the pretrained part). Each parameter is in exactly one group
+    (tensors the U-Net registers twice, ``decoder.encoder.*``, are the encoder's); every parameter stays in the
+    optimiser, so DDP sees a gradient for each one at every step.
+
+    Raises:
+        ValueError: the network has no ``encoder.*`` parameters.
+    """
+    seen, encoder, rest = set(), [], []
+    for name, param in network.named_parameters():  # named_parameters yields each tensor once, first name first
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        (encoder if name.startswith("encoder.") else rest).append(param)
+    if not encoder:
+        raise ValueError(f"{type(network).__name__} has no encoder.* parameters: the encoder/decoder warm-up needs a "
+                         f"dynamic-network-architectures style U-Net; set decoder_warmup_fraction = "
+                         f"encoder_warmup_fraction = 0 for this network")
+    return [{"params": rest, "name": DECODER_GROUP}, {"params": encoder, "name": ENCODER_GROUP}]
+
+
+def warmup_epochs(num_epochs: int, fraction: float) -> int:
+    """``round(fraction * num_epochs)``, at least 1 when ``fraction > 0`` (so short schedules keep the phase)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"a warm-up fraction must lie in [0, 1), got {fraction}")
+    return max(1, round(fraction * num_epochs)) if fraction > 0 else 0
+
+
+class FineTuneWarmupLRScheduler(_LRScheduler):
+    """Poly decay with a decoder-first warm-up, for fine-tuning a network whose encoder is pretrained.
+
+    Three phases over ``max_epochs`` (nnU-Net's ``lr0 (1 - e / T) ** exponent`` throughout):
+
+    1. epochs ``[0, Wd)``: the encoder group's lr is 0 (it is frozen without leaving the graph or the optimiser, so
+       DDP needs no ``find_unused_parameters``); the decoder group's rises linearly to the poly value;
+    2. epochs ``[Wd, Wd + We)``: the encoder group's lr rises linearly to the poly value;
+    3. then every group follows the poly decay.
+
+    This is the two-step warm-up of nnU-Net's fine-tuning of self-supervised checkpoints (Wald et al., "An OpenMind
+    for 3D medical vision self-supervised learning", 2025, arXiv:2412.17041, and MIC-DKFZ/nnssl: the decoder is
+    warmed up first with the encoder fixed, then the whole network), written as one schedule of the epoch.
+    Groups are told apart by their ``name`` (:func:`encoder_decoder_param_groups`); a group without one follows the
+    decoder.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_epochs: int,
+                 decoder_warmup_epochs: int = 0, encoder_warmup_epochs: int = 0, exponent: float = 0.9,
+                 current_step: int = None):
+        if max_epochs < 1 or decoder_warmup_epochs < 0 or encoder_warmup_epochs < 0:
+            raise ValueError(f"need max_epochs >= 1 and warm-up epochs >= 0, got {max_epochs}, "
+                             f"{decoder_warmup_epochs}, {encoder_warmup_epochs}")
+        if decoder_warmup_epochs + encoder_warmup_epochs >= max_epochs:
+            raise ValueError(f"the warm-ups ({decoder_warmup_epochs} + {encoder_warmup_epochs} epochs) must be shorter "
+                             f"than the training ({max_epochs} epochs)")
+        self.optimizer = optimizer
+        self.initial_lr = initial_lr
+        self.max_epochs = max_epochs
+        self.decoder_warmup_epochs = decoder_warmup_epochs
+        self.encoder_warmup_epochs = encoder_warmup_epochs
+        self.exponent = exponent
+        self.ctr = 0
+        super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def lrs_at(self, epoch: int) -> Tuple[float, float]:
+        """(encoder lr, decoder lr) at ``epoch``."""
+        poly = self.initial_lr * (1 - min(epoch, self.max_epochs - 1) / self.max_epochs) ** self.exponent
+        wd, we = self.decoder_warmup_epochs, self.encoder_warmup_epochs
+        decoder = poly * min(1.0, (epoch + 1) / wd) if wd else poly
+        if epoch < wd:
+            encoder = 0.0
+        else:
+            encoder = poly * min(1.0, (epoch - wd + 1) / we) if we else poly
+        return encoder, decoder
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        encoder, decoder = self.lrs_at(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = encoder if group.get("name") == ENCODER_GROUP else decoder
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
