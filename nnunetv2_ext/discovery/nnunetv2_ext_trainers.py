@@ -16,3 +16,6 @@ from nnunetv2_ext.training.proxy import (nnUNetTrainerProxyMultiEncoder_cpu, nnU
                                         nnUNetTrainerProxyVanilla_cpu, nnUNetTrainerProxyVanilla_gpu,
                                         nnUNetTrainerProxyVolumeFusion_cpu, nnUNetTrainerProxyVolumeFusion_gpu,
                                         nnUNetTrainerProxyVolumeFusion_smoke)
+from nnunetv2_ext.training.proxy import (nnUNetTrainerProxyCrossModality_cpu2d, nnUNetTrainerProxyMultiEncoder_cpu2d,  # noqa: F401
+                                        nnUNetTrainerProxyMultiEncoderSSL_cpu2d, nnUNetTrainerProxySwinProxies_cpu2d,
+                                        nnUNetTrainerProxyVolumeFusion_cpu2d)

@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunetv2_ext.io_utils import atomic_write_json, load_json
 
-CONFIGURATION = "3d_fullres"
+CONFIGURATION = "3d_fullres"  # the default configuration of a scale
 FINE_TUNE = "fine_tune"
 
 
@@ -59,6 +59,7 @@ class Scale:
     lanes: int                            # parallel jobs
     device: str
     methods: tuple
+    configuration: str = CONFIGURATION   # nnU-Net configuration planned, preprocessed and trained: 3d_fullres or 2d
 
 
 # CPU scale (2 cores, 24 GiB, <= 90 min for 4 methods x 10 runs + 4 pretraining stages), measured on this machine:
@@ -75,6 +76,13 @@ SCALES: Dict[str, Scale] = {
     "cpu": Scale("cpu", spacing=4.0, patch_size=(32, 32, 32), base_features=16, max_stages=4, encoder_width=0.5,
                  batch_size=2, n_labelled=(2, 4, 8, 16), repeats=3, lanes=2, device="cpu",
                  methods=("vanilla", "scratch", "ssl_vf", "ssl_swin")),
+    # Self-supervised pretraining on the CPU (issue: pretraining that helps): nnU-Net's 2d configuration of the same
+    # proxy data at 4 mm, 32^2 patches, batch 8, so pretraining gets thousands of steps (1500 per stage) and
+    # fine-tuning 1000 steps; the smallest label level (2 labelled cases) x 3 subsets, the question where labels are
+    # few. Trainers: the *_cpu2d classes of nnunetv2_ext.training.proxy.
+    "cpu2d": Scale("cpu2d", spacing=4.0, patch_size=(32, 32), base_features=16, max_stages=4, encoder_width=0.5,
+                   batch_size=8, n_labelled=(2,), repeats=3, lanes=2, device="cpu",
+                   methods=("scratch", "ssl_vf", "ssl_swin", "ssl_cm"), configuration="2d"),
     # a toy run of the whole pipeline for the tests (two methods, one level, a handful of steps)
     "smoke": Scale("smoke", spacing=6.0, patch_size=(16, 16, 16), base_features=8, max_stages=3, encoder_width=0.5,
                    batch_size=2, n_labelled=(2,), repeats=1, lanes=1, device="cpu", methods=("scratch", "ssl_vf")),
@@ -90,6 +98,8 @@ class Method:
     trainer: str                          # fine-tuning trainer, without the scale suffix
     multi_encoder: bool
     pretext: Optional[str] = None         # pretraining trainer (both stages), without the scale suffix
+    two_stage: bool = True                # stage 1 on the healthy cohort, then stage 2 on the target pool; else
+                                          # stage 2 only (a pretext that needs modalities the healthy cohort lacks)
 
 
 METHODS: Dict[str, Method] = {
@@ -99,8 +109,12 @@ METHODS: Dict[str, Method] = {
                      pretext="nnUNetTrainerProxyVolumeFusion"),
     "ssl_swin": Method("Multi-encoder + Swin proxies SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
                        pretext="nnUNetTrainerProxySwinProxies"),
+    # T1 + T1Gd -> FLAIR needs T1Gd, which the healthy T1 + FLAIR cohort lacks: stage 2 (the target pool) only
+    "ssl_cm": Method("Multi-encoder + cross-modality SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
+                     pretext="nnUNetTrainerProxyCrossModality", two_stage=False),
 }
-COMPARISONS = (("ssl_vf", "scratch"), ("ssl_swin", "scratch"), ("scratch", "vanilla"), ("ssl_vf", "vanilla"))
+COMPARISONS = (("ssl_vf", "scratch"), ("ssl_swin", "scratch"), ("ssl_cm", "scratch"), ("scratch", "vanilla"),
+               ("ssl_vf", "vanilla"))
 
 
 def plans_names(scale: Scale) -> tuple[str, str]:
@@ -138,13 +152,14 @@ def proxy_configuration(target_config: dict, scale: Scale) -> dict:
 
 def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, scale: Scale) -> None:
     """Write ``nnUNetPlans_proxy_<scale>`` (and its multi-encoder plans) for every dataset, from the target dataset's
-    3d_fullres configuration; existing files are kept (so a resumed benchmark keeps its plans)."""
+    configuration of the scale (3d_fullres or 2d); existing files are kept (so a resumed benchmark keeps its plans)."""
     from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
 
     vanilla_name, me_name = plans_names(scale)
     target_plans = load_json(preprocessed / target / "nnUNetPlans.json")
-    config = proxy_configuration(target_plans["configurations"][CONFIGURATION], scale)
-    config["data_identifier"] = f"{vanilla_name}_{CONFIGURATION}"
+    c = scale.configuration
+    config = proxy_configuration(target_plans["configurations"][c], scale)
+    config["data_identifier"] = f"{vanilla_name}_{c}"
     for dataset in datasets:
         folder = preprocessed / dataset
         if (folder / f"{vanilla_name}.json").is_file() and (folder / f"{me_name}.json").is_file():
@@ -152,9 +167,9 @@ def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, 
         plans = load_json(folder / "nnUNetPlans.json")
         own = copy.deepcopy(config)
         for per_channel in ("normalization_schemes", "use_mask_for_norm"):  # one entry per input channel
-            own[per_channel] = plans["configurations"][CONFIGURATION][per_channel]
+            own[per_channel] = plans["configurations"][c][per_channel]
         plans["plans_name"] = vanilla_name
-        plans["configurations"] = {CONFIGURATION: own}
+        plans["configurations"] = {c: own}
         me = derive_multi_encoder_plans(plans, load_json(folder / "dataset.json"), me_name,
                                         encoder_width=scale.encoder_width)
         atomic_write_json(plans, folder / f"{vanilla_name}.json", overwrite=True)
@@ -227,16 +242,16 @@ class Job:
         return "continue" if (self.fold_dir / "checkpoint_latest.pth").is_file() else "new"
 
 
-def _train_cmd(dataset: str, fold, trainer: str, plans: str, device: str, pretrained: Optional[Path] = None
-               ) -> List[str]:
-    cmd = ["nnUNetv2_train", dataset, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans, "-device", device]
+def _train_cmd(dataset: str, fold, trainer: str, plans: str, device: str, pretrained: Optional[Path] = None,
+               configuration: str = CONFIGURATION) -> List[str]:
+    cmd = ["nnUNetv2_train", dataset, configuration, str(fold), "-tr", trainer, "-p", plans, "-device", device]
     if pretrained is not None:
         cmd += ["-pretrained_weights", str(pretrained)]
     return cmd
 
 
-def fold_dir(results: Path, dataset: str, trainer: str, plans: str, fold) -> Path:
-    return results / dataset / f"{trainer}__{plans}__{CONFIGURATION}" / f"fold_{fold}"
+def fold_dir(results: Path, dataset: str, trainer: str, plans: str, fold, configuration: str = CONFIGURATION) -> Path:
+    return results / dataset / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
 
 
 def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Sequence[str]) -> List[Job]:
@@ -244,6 +259,7 @@ def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Se
     pretrain_ds, target_ds = manifest["pretrain_dataset"], manifest["target_dataset"]
     vanilla_plans, me_plans = plans_names(scale)
     suffix = f"_{scale.name}"  # trainers: nnUNetTrainerProxy..._<scale> (nnunetv2_ext.training.proxy)
+    c = scale.configuration
     jobs: List[Job] = []
     for key in methods:
         method = METHODS[key]
@@ -251,13 +267,17 @@ def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Se
             continue
         results = out / "nnUNet_results" / key
         trainer = method.pretext + suffix
-        stage1 = fold_dir(results, pretrain_ds, trainer, me_plans, "all")
-        stage2 = fold_dir(results, target_ds, trainer, me_plans, folds["ssl_fold"])
-        jobs.append(Job(f"{key}/stage1", _train_cmd(pretrain_ds, "all", trainer, me_plans, scale.device),
-                        results, stage1, needs_validation=False))
+        stage2 = fold_dir(results, target_ds, trainer, me_plans, folds["ssl_fold"], c)
+        stage1_weights, stage2_deps = None, []
+        if method.two_stage:
+            stage1 = fold_dir(results, pretrain_ds, trainer, me_plans, "all", c)
+            jobs.append(Job(f"{key}/stage1", _train_cmd(pretrain_ds, "all", trainer, me_plans, scale.device,
+                                                        configuration=c),
+                            results, stage1, needs_validation=False))
+            stage1_weights, stage2_deps = stage1 / "checkpoint_final.pth", [f"{key}/stage1"]
         jobs.append(Job(f"{key}/stage2", _train_cmd(target_ds, folds["ssl_fold"], trainer, me_plans, scale.device,
-                                                    stage1 / "checkpoint_final.pth"),
-                        results, stage2, deps=[f"{key}/stage1"], needs_validation=False))
+                                                    stage1_weights, c),
+                        results, stage2, deps=stage2_deps, needs_validation=False))
     for entry in sorted(folds["folds"], key=lambda e: (e["n_labelled"], e["subset"])):
         for key in methods:
             method = METHODS[key]
@@ -265,12 +285,12 @@ def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Se
             trainer, plans = method.trainer + suffix, me_plans if method.multi_encoder else vanilla_plans
             pretrained, deps = None, []
             if method.pretext is not None:
-                pretrained = fold_dir(results, target_ds, method.pretext + suffix, me_plans, folds["ssl_fold"]) \
+                pretrained = fold_dir(results, target_ds, method.pretext + suffix, me_plans, folds["ssl_fold"], c) \
                     / "checkpoint_final.pth"
                 deps = [f"{key}/stage2"]
             jobs.append(Job(f"{key}/n{entry['n_labelled']}_s{entry['subset']}",
-                            _train_cmd(target_ds, entry["fold"], trainer, plans, scale.device, pretrained),
-                            results, fold_dir(results, target_ds, trainer, plans, entry["fold"]), deps))
+                            _train_cmd(target_ds, entry["fold"], trainer, plans, scale.device, pretrained, c),
+                            results, fold_dir(results, target_ds, trainer, plans, entry["fold"], c), deps))
     return jobs
 
 
@@ -390,15 +410,15 @@ def prepare(out: Path, manifest: dict, scale: Scale, env: dict, echo=print) -> d
     np_args = ["-np", "1"] if scale.device == "cpu" else []
     if not all((preprocessed / d / "nnUNetPlans.json").is_file() for d in datasets):
         echo("fingerprint and plan (nnUNetv2_plan_and_preprocess --no_pp)")
-        _check(["nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", CONFIGURATION, "--no_pp",
+        _check(["nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", scale.configuration, "--no_pp",
                 *(["-npfp", "1"] if scale.device == "cpu" else [])], env, logs / "plan.log")
     write_proxy_plans(preprocessed, datasets, manifest["target_dataset"], scale)
     vanilla_name, _ = plans_names(scale)
-    data_dirs = [preprocessed / d / f"{vanilla_name}_{CONFIGURATION}" for d in datasets]
+    data_dirs = [preprocessed / d / f"{vanilla_name}_{scale.configuration}" for d in datasets]
     n_cases = [len(manifest["pretrain_cases"]), len(manifest["target_train_cases"]) + len(manifest["test_cases"])]
     if not all(d.is_dir() and len(list(d.glob("*.pkl"))) >= n for d, n in zip(data_dirs, n_cases)):
         echo(f"preprocess with {vanilla_name} (nnUNetv2_preprocess)")
-        _check(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", vanilla_name, "-c", CONFIGURATION, *np_args],
+        _check(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", vanilla_name, "-c", scale.configuration, *np_args],
                env, logs / "preprocess.log")
     return write_proxy_splits(preprocessed / manifest["target_dataset"], manifest, scale, manifest["spec"]["seed"])
 
@@ -481,8 +501,32 @@ def run_benchmark(out: str | os.PathLike, scale: str = "cpu", methods: Optional[
     written = write_results(scores, out / f"results_{chosen.name}", {k: METHODS[k].label for k in chosen.methods},
                             comparisons=[c for c in COMPARISONS if c[0] in chosen.methods and c[1] in chosen.methods],
                             overwrite=True, meta=meta)
+    written.update(write_training_report(jobs, out / f"results_{chosen.name}", chosen))
     echo(f"done in {(time.time() - t0) / 60:.1f} min; results in {out / f'results_{chosen.name}'}")
     return written
+
+
+def write_training_report(jobs: Sequence[Job], results_dir: Path, scale: Scale) -> Dict[str, Path]:
+    """``pretext.md`` (each pretraining stage's pretext metric against its trivial baseline), ``training_curves.png``
+    / ``.json`` (mean fine-tuning curves per method), both appended to ``summary.md``."""
+    from nnunetv2_ext.proxy.training_report import (plot_training_curves, pretext_markdown, pretext_rows,
+                                                    training_curves)
+    from nnunetv2_ext.training import proxy as proxy_trainers
+
+    labels = {k: METHODS[k].label for k in scale.methods}
+    stages = [(j.name.split("/")[0], j.name.split("/")[1], j.fold_dir) for j in jobs if "/stage" in j.name]
+    runs = [(j.name.split("/")[0], j.fold_dir) for j in jobs if "/stage" not in j.name]
+    pretext = pretext_markdown(pretext_rows(stages), labels) if stages else "(no pretraining in this run)\n"
+    (results_dir / "pretext.md").write_text(pretext)
+    curves = training_curves(runs)
+    atomic_write_json(curves, results_dir / "training_curves.json", overwrite=True)
+    fine_tune = getattr(proxy_trainers, f"{METHODS[scale.methods[0]].trainer}_{scale.name}", None)
+    plot = plot_training_curves(curves, results_dir / "training_curves.png", labels,
+                                getattr(fine_tune, "num_iterations_per_epoch", None))
+    with open(results_dir / "summary.md", "a") as f:
+        f.write(f"\n## Pretexts: metric against the trivial baseline (last validation)\n\n{pretext}\n"
+                f"## Fine-tuning curves\n\nMean over runs per method: `training_curves.png`, `training_curves.json`.\n")
+    return {"pretext": results_dir / "pretext.md", "training_curves": plot}
 
 
 def _versions() -> dict:

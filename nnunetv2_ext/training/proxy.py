@@ -14,7 +14,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoderSSL
-from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerSwinProxies
+from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerSwinProxies
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
@@ -113,6 +113,46 @@ class nnUNetTrainerProxySwinProxies_cpu(_CPUPretrain, nnUNetTrainerSwinProxies):
 class nnUNetTrainerProxySwinProxies_gpu(_GPUPretrain, nnUNetTrainerSwinProxies):
     """Swin UNETR proxies on the multi-encoder, proxy GPU schedule."""
     warmup_epochs = 2
+
+
+class _CPU2DFineTune(CPUThreadsMixin, NoTestTimeMirroringMixin):
+    """CPU 2d fine-tuning schedule (scale ``cpu2d``): 20 epochs of 50 iterations (1000 steps; the from-scratch
+    multi-encoder's training loss has flattened well before, see benchmarks/SSL_CPU2D.md), one online-validation
+    batch per epoch."""
+    num_epochs = 20
+    num_iterations_per_epoch = 50
+    num_val_iterations_per_epoch = 1
+    save_every = 10
+
+
+class _CPU2DPretrain(CPUThreadsMixin, NoTestTimeMirroringMixin):
+    """CPU 2d pretraining stage (scale ``cpu2d``): 30 epochs of 50 iterations (1500 steps)."""
+    num_epochs = 30
+    num_iterations_per_epoch = 50
+    num_val_iterations_per_epoch = 2
+    save_every = 10
+
+
+class nnUNetTrainerProxyMultiEncoder_cpu2d(_CPU2DFineTune, nnUNetTrainerMultiEncoder):
+    """Multi-encoder from scratch, proxy CPU 2d schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoderSSL_cpu2d(_CPU2DFineTune, nnUNetTrainerMultiEncoderSSL):
+    """Multi-encoder fine-tuned from ``-pretrained_weights`` with the SSL trainer's default protocol, proxy CPU 2d
+    schedule."""
+
+
+class nnUNetTrainerProxyVolumeFusion_cpu2d(_CPU2DPretrain, nnUNetTrainerVolumeFusion):
+    """Volume Fusion pretraining stage, proxy CPU 2d schedule."""
+
+
+class nnUNetTrainerProxySwinProxies_cpu2d(_CPU2DPretrain, nnUNetTrainerSwinProxies):
+    """Swin UNETR proxies on the multi-encoder, proxy CPU 2d schedule (2 of 30 epochs warm-up)."""
+    warmup_epochs = 2
+
+
+class nnUNetTrainerProxyCrossModality_cpu2d(_CPU2DPretrain, nnUNetTrainerCrossModality):
+    """Cross-modality prediction (T1 + T1Gd -> FLAIR) on the target pool, proxy CPU 2d schedule."""
 
 
 class _SmokeSchedule(CPUThreadsMixin, NoTestTimeMirroringMixin):

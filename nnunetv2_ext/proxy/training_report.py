@@ -1,0 +1,100 @@
+"""What the proxy benchmark's trainings did, beside the test scores: whether each pretext was learned (its metric
+against its trivial baseline, from the ``pretext_metrics.json`` every pretext trainer writes) and the fine-tuning
+curves (nnU-Net's per-epoch training loss, validation loss and pseudo-Dice, from ``checkpoint_final.pth``)."""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+PRETEXT_METRICS_FILE = "pretext_metrics.json"
+CURVE_KEYS = ("train_losses", "val_losses", "mean_fg_dice")
+
+
+def pretext_rows(stages: Sequence[Tuple[str, str, str | os.PathLike]]) -> List[dict]:
+    """One row per (method, stage, metric) from ``(method, stage, fold folder)`` triples: the last validation's value
+    and baseline, whether it beat the baseline, and the epochs run. A stage without the file gives one row with
+    ``value`` None (the pretext trainer predates the metrics, or the run did not validate)."""
+    rows = []
+    for method, stage, folder in stages:
+        path = Path(folder) / PRETEXT_METRICS_FILE
+        if not path.is_file():
+            rows.append({"method": method, "stage": stage, "name": None, "value": None, "baseline": None,
+                         "baseline_name": None, "higher_is_better": None, "learned": None, "epoch": None})
+            continue
+        data = json.loads(path.read_text())
+        for metric in data["metrics"]:
+            rows.append({"method": method, "stage": stage, "epoch": data["epoch"], **metric})
+    return rows
+
+
+def pretext_markdown(rows: Sequence[dict], labels: Mapping[str, str]) -> str:
+    """The pretext table: metric, value, trivial baseline, learned."""
+    lines = ["| method | stage | metric | value | trivial baseline | learned | epochs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["value"] is None:
+            lines.append(f"| {labels.get(r['method'], r['method'])} | {r['stage']} | (no {PRETEXT_METRICS_FILE}) "
+                         f"| | | | |")
+            continue
+        better = "higher" if r["higher_is_better"] else "lower"
+        lines.append(f"| {labels.get(r['method'], r['method'])} | {r['stage']} | {r['name']} ({better} is better) "
+                     f"| {r['value']:.4f} | {r['baseline']:.4f} ({r['baseline_name']}) | "
+                     f"{'yes' if r['learned'] else '**no**'} | {r['epoch'] + 1} |")
+    return "\n".join(lines) + "\n"
+
+
+def training_curves(runs: Sequence[Tuple[str, str | os.PathLike]]) -> Dict[str, Dict[str, List[float]]]:
+    """Per method, the mean over its runs of nnU-Net's per-epoch curves (``CURVE_KEYS``) from each run's
+    ``checkpoint_final.pth``; runs are ``(method, fold folder)`` pairs. Runs without a final checkpoint are left
+    out."""
+    from nnunetv2_ext.transfer.checkpoint import load_checkpoint_file
+
+    per_method: Dict[str, Dict[str, List[List[float]]]] = defaultdict(lambda: defaultdict(list))
+    for method, folder in runs:
+        path = Path(folder) / "checkpoint_final.pth"
+        if not path.is_file():
+            continue
+        logging = load_checkpoint_file(path).get("logging", {})
+        for key in CURVE_KEYS:
+            values = [float(v) for v in logging.get(key, [])]
+            if values:
+                per_method[method][key].append(values)
+    out: Dict[str, Dict[str, List[float]]] = {}
+    for method, curves in per_method.items():
+        out[method] = {}
+        for key, series in curves.items():
+            n = min(len(s) for s in series)
+            out[method][key] = np.mean([s[:n] for s in series], axis=0).round(5).tolist()
+    return out
+
+
+def plot_training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,
+                         labels: Mapping[str, str], iterations_per_epoch: int | None = None) -> Path:
+    """Training loss, validation loss and pseudo-Dice per epoch (mean over runs), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(5 * len(CURVE_KEYS), 3.6))
+    titles = {"train_losses": "training loss (Dice + CE)", "val_losses": "validation loss",
+              "mean_fg_dice": "pseudo-Dice (online validation)"}
+    for ax, key in zip(axes, CURVE_KEYS):
+        for method, series in curves.items():
+            if key in series:
+                x = np.arange(1, len(series[key]) + 1) * (iterations_per_epoch or 1)
+                ax.plot(x, series[key], label=labels.get(method, method))
+        ax.set_title(titles[key])
+        ax.set_xlabel("training steps" if iterations_per_epoch else "epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
