@@ -332,6 +332,16 @@ def reconstruction_l1(reconstruction: torch.Tensor, target: torch.Tensor) -> tor
     return F.l1_loss(reconstruction.float(), target.float())
 
 
+def masked_l1(reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error inside the masked boxes only (``mask`` (B, 1, *spatial), True = masked, broadcast over the
+    channels): the inpainting part of :func:`reconstruction_l1`, in float32; 0 when nothing is masked."""
+    if reconstruction.shape != target.shape or mask.shape[0] != target.shape[0] or mask.shape[2:] != target.shape[2:]:
+        raise ValueError(f"reconstruction, target (B, C, *spatial) and mask (B, 1, *spatial) must agree, got "
+                         f"{tuple(reconstruction.shape)}, {tuple(target.shape)} and {tuple(mask.shape)}")
+    weight = mask.expand_as(target).float()
+    return ((reconstruction.float() - target.float()).abs() * weight).sum() / weight.sum().clamp(min=1)
+
+
 def identity_l1(view: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The trivial baseline of :func:`reconstruction_l1`: the L1 of a network that returns its masked input ``view``
     unchanged (exact outside the boxes, the noise inside). A reconstruction below it has learned to inpaint."""

@@ -217,8 +217,9 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
     read the bottleneck averaged over a 2^D grid (MONAI: two Swin tokens; see SSLHeads); nnU-Net's patch,
     augmentation and epochs, without mirroring (a mirrored image is indistinguishable from one rotated by another k);
     patches with unequal last two sizes are centre-cropped square. Validation logs the three losses and the pretext
-    metrics against their trivial baselines (``pretext_metrics.json``): rotation accuracy against chance (0.25) and
-    the reconstruction L1 against that of returning the masked input unchanged. The rotation accuracy fills nnU-Net's
+    metrics against their trivial baselines (``pretext_metrics.json``): rotation accuracy against chance (0.25), and
+    the reconstruction L1 of the whole view and inside the masked boxes only (inpainting) against those of returning
+    the masked input unchanged. The rotation accuracy fills nnU-Net's
     "pseudo dice" slot (log and progress.png; the "best" checkpoint is then the best rotation accuracy).
     """
     initial_lr = 4e-4                    # MONAI Pretrain main.py --lr
@@ -280,7 +281,8 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
             data = sp.center_square(data)
         views = sp.two_views(data, generator, **self.mask_kwargs)
         target = [torch.cat([views["target1"], views["target2"]]), torch.cat([views["rot1"], views["rot2"]])]
-        return {**batch, "data": torch.cat([views["view1"], views["view2"]]), "target": target}
+        return {**batch, "data": torch.cat([views["view1"], views["view2"]]), "target": target,
+                "ssl_mask": torch.cat([views["mask1"], views["mask2"]])}
 
     def train_step(self, batch: dict) -> dict:
         out = super().train_step(self._pretext_batch(batch, self._train_generator))
@@ -302,6 +304,8 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
         correct = output.rotation_logits.argmax(1) == batch["target"][1]
         return {"loss": float(loss), "rotation_correct": int(correct.sum()), "rotation_total": int(correct.numel()),
                 "identity_l1": float(sp.identity_l1(batch["data"], batch["target"][0])),
+                "inpaint_l1": float(sp.masked_l1(output.reconstruction, batch["target"][0], batch["ssl_mask"])),
+                "identity_inpaint_l1": float(sp.masked_l1(batch["data"], batch["target"][0], batch["ssl_mask"])),
                 **{k: float(v) for k, v in self.loss.last_parts.items()}}
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
@@ -311,6 +315,8 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
             _gather(outputs["rotation_total"], self.is_ddp).sum()
         parts = {k: _gather(outputs[k], self.is_ddp).mean() for k in self.loss_weights}
         identity = _gather(outputs["identity_l1"], self.is_ddp).mean()
+        inpaint, identity_inpaint = (_gather(outputs[k], self.is_ddp).mean()
+                                     for k in ("inpaint_l1", "identity_inpaint_l1"))
         self.logger.log("mean_fg_dice", accuracy, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [accuracy], self.current_epoch)
         self.logger.log("val_losses", loss, self.current_epoch)
@@ -319,6 +325,8 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
         report_pretext_metrics(self, [
             pretext_metric("rotation accuracy", accuracy, sp.ROTATION_CHANCE, "chance", higher_is_better=True),
             pretext_metric("reconstruction L1", parts["reconstruction"], identity, "identity",
+                           higher_is_better=False),
+            pretext_metric("inpainting L1 (masked boxes)", inpaint, identity_inpaint, "identity",
                            higher_is_better=False)])
 
     def perform_actual_validation(self, save_probabilities: bool = False):

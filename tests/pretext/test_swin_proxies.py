@@ -218,3 +218,17 @@ def test_identity_l1_is_the_noise_error_inside_the_mask():
     assert float(identity_l1(x, x)) == 0.0  # nothing masked: nothing to learn
     with pytest.raises(ValueError, match="same shape"):
         identity_l1(masked, x[:1])
+
+
+def test_masked_l1_counts_only_the_boxes():
+    from nnunetv2_ext.pretext.swin_proxies import masked_l1
+
+    target = torch.zeros(2, 2, 4, 4)
+    reconstruction = torch.ones(2, 2, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, :2, :2] = True
+    reconstruction[:, :, 2:, 2:] = 7.0  # errors outside the boxes do not count
+    assert float(masked_l1(reconstruction, target, mask)) == pytest.approx(1.0)
+    assert float(masked_l1(reconstruction, target, torch.zeros_like(mask))) == 0.0
+    with pytest.raises(ValueError, match="must agree"):
+        masked_l1(reconstruction, target, mask[:1])
