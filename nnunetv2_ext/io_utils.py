@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_json(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it into place.
+def atomic_write_text(text: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place, so a crash never leaves half a
+    file. The file gets the mode a plain ``open(path, "w")`` gives under the caller's umask (``tempfile.mkstemp``
+    would make it 0o600, unreadable by the group sharing an nnU-Net folder).
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
@@ -17,16 +19,31 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, overwrite: bool = False
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=False)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """:func:`atomic_write_text` of ``obj`` as indented JSON.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    return atomic_write_text(json.dumps(obj, indent=4, sort_keys=False), path, overwrite)
 
 
 def load_json(path: str | os.PathLike) -> Any:

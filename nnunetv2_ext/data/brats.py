@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunetv2_ext.data.restrict import raw_dataset_target, staged_folder
+from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
     layout_name, case_dirs = _scan(input_dir)
     layout = LAYOUTS[layout_name]
     target = raw_dataset_target(raw_root, dataset_id, name, overwrite)
-    with staged_folder(target) as staging:
+    with staged_dataset_folder(target, overwrite=overwrite) as staging:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
         jobs = [(d, layout_name, staging) for d in case_dirs]
@@ -346,11 +345,8 @@ def to_brats_labels(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if output_dir.resolve() == input_dir.resolve():
         raise ValueError(f"output_dir must differ from input_dir ({input_dir}): converting in place would lose "
                          f"the nnU-Net labels")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} is not empty; pass overwrite=True (CLI: --overwrite) to write into it")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
+    # an existing folder is written into (the files are renamed in one by one), a missing one is renamed whole
+    with staged_dataset_folder(output_dir, overwrite=overwrite, merge=True) as staging:
         for f in files:
             image = sitk.ReadImage(str(f))
             values = np.unique(sitk.GetArrayViewFromImage(image))
@@ -358,13 +354,4 @@ def to_brats_labels(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             if unknown:
                 raise ValueError(f"{f}: value(s) {unknown} are not nnU-Net BraTS labels {sorted(lay.to_source)}")
             sitk.WriteImage(_relabel(image, lay.to_source), str(staging / f.name), useCompression=True)
-        if not output_dir.exists():
-            os.replace(staging, output_dir)
-        else:
-            for f in files:
-                os.replace(staging / f.name, output_dir / f.name)
-            staging.rmdir()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return [output_dir / f.name for f in files]

@@ -6,72 +6,23 @@ instead of all four, and adapts a two-channel pretrained network to one modality
 to both input channels. :func:`restrict_dataset` builds such datasets from an existing raw dataset:
 ``channels=["T1"]`` keeps one channel, ``channels=["T1", "T1"]`` repeats it, and any order renumbers them.
 
-This module also holds the two helpers every raw-dataset writer of this package follows
-(:func:`raw_dataset_target`, :func:`staged_folder`): the folder is written into a hidden
-``.DatasetXXX_Name.partial-*`` sibling and renamed into place only when complete, an existing folder is
-replaced only with ``overwrite``, and a second dataset with the same id is refused.
+The new dataset is written through :func:`nnunetv2_ext.data.raw_dataset.staged_dataset_folder` (a hidden
+``.DatasetXXX_Name.partial-*`` sibling renamed into place only when complete); an existing folder is replaced
+only with ``overwrite``, and a second dataset with the same id is refused
+(:func:`~nnunetv2_ext.data.raw_dataset.raw_dataset_target`).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import numbers
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
+
 _DATASET_RE = re.compile(r"Dataset(\d{3})_(.+)")
-
-
-def raw_dataset_target(raw_root: str | os.PathLike, dataset_id: int, name: str, overwrite: bool) -> Path:
-    """Check the id, name, overwrite and unique-id rules and return ``raw_root/Dataset{id:03d}_{name}``.
-
-    Raises:
-        ValueError: ``dataset_id`` is outside 1..999, ``name`` has characters other than letters, digits,
-            ``_`` and ``-``, or ``raw_root`` holds another dataset with the same id (nnU-Net resolves ids to
-            names by folder prefix and would refuse to pick one).
-        FileExistsError: The dataset folder exists and ``overwrite`` is False.
-    """
-    if isinstance(dataset_id, bool) or not isinstance(dataset_id, numbers.Integral) or not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset id must be an integer in 1..999; got {dataset_id!r}")
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValueError(f"dataset name must consist of letters, digits, '_' and '-'; got {name!r}")
-    raw_root = Path(raw_root)
-    target = raw_root / f"Dataset{int(dataset_id):03d}_{name}"
-    if raw_root.is_dir():
-        clashes = sorted(p.name for p in raw_root.glob(f"Dataset{int(dataset_id):03d}_*")
-                         if p.is_dir() and p.name != target.name)
-        if clashes:
-            raise ValueError(f"{raw_root} already holds dataset(s) {clashes} with id {dataset_id}; "
-                             f"choose another id for {target.name}")
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    return target
-
-
-@contextlib.contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """Yield an empty hidden sibling ``.{target.name}.partial-*`` of ``target``; rename it to ``target`` when
-    the block ends without error (replacing an existing ``target``), delete it otherwise."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield staging
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def find_raw_dataset(raw_root: str | os.PathLike, dataset: int | str) -> Path:
@@ -183,7 +134,7 @@ def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: 
                                   f"replace it")
 
     file_ending = dataset_json.get("file_ending", ".nii.gz")
-    with staged_folder(target) as staging:
+    with staged_dataset_folder(target, overwrite=overwrite) as staging:
         for split in ("Tr", "Ts"):
             if (source / f"images{split}").is_dir():
                 _copy_images(source / f"images{split}", staging / f"images{split}", source_channels, file_ending)

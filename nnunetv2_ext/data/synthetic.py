@@ -10,11 +10,8 @@ SimpleITK (which uses ``x, y, z``).
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
+
+from nnunetv2_ext.data.raw_dataset import staged_dataset_folder
 
 MODALITIES = ("T1", "T1Gd", "T2", "FLAIR")
 
@@ -137,20 +136,6 @@ def _write(array: np.ndarray, path: Path, spacing: tuple[float, float, float]) -
     sitk.WriteImage(img, str(path), useCompression=True)
 
 
-def _staging_dir(target: Path, overwrite: bool) -> Path:
-    """Check the overwrite rule and create a hidden temporary sibling of ``target`` to write into."""
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-
-
-def _commit(staging: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-
-
 def make_brats_like_dataset(raw_root: str | Path, dataset_id: int = 991, name: str = "SyntheticBraTS",
                             n_train: int = 8, n_test: int = 2, shape: tuple[int, int, int] = (48, 48, 48),
                             spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), seed: int = 0,
@@ -201,8 +186,7 @@ def make_brats_like_dataset(raw_root: str | Path, dataset_id: int = 991, name: s
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     target = Path(raw_root) / f"Dataset{int(dataset_id):03d}_{name}"
-    staging = _staging_dir(target, overwrite)
-    try:
+    with staged_dataset_folder(target, overwrite=overwrite) as staging:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (staging / sub).mkdir()
         for k in tqdm(range(n_train + n_test), desc=target.name, file=sys.stderr, disable=not progress):
@@ -222,10 +206,6 @@ def make_brats_like_dataset(raw_root: str | Path, dataset_id: int = 991, name: s
                         + ("Labels: 1 edema, 2 necrosis, 3 enhancing tumour." if with_labels
                            else "Label maps are brain masks (no tumours): for self-supervised pretraining only."),
             license="synthetic, no restrictions", converted_by="nnunetv2_ext.data.synthetic")
-        _commit(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -258,16 +238,11 @@ def make_unlabeled_images(out_dir: str | Path, n_cases: int, shape: tuple[int, i
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1; got {n_cases}")
     target = Path(out_dir)
-    staging = _staging_dir(target, overwrite)
-    try:
+    with staged_dataset_folder(target, overwrite=overwrite) as staging:
         for k in tqdm(range(n_cases), desc=target.name, file=sys.stderr, disable=not progress):
             case = f"UKB_{k:03d}"
             (staging / case).mkdir()
             images, _, _ = _synth_case(seed, _TAG_UNLABELED, k, shape, modalities, tumour=False)
             for m in modalities:
                 _write(images[m], staging / case / f"{case}_{m}.nii.gz", spacing)
-        _commit(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -8,8 +8,9 @@ of the first modality. Every case is checked (all modalities present and readabl
 bad cases are skipped with their reason or stop the import, and the report is saved beside the data.
 
 The input folder is only ever read. The dataset is written into a hidden sibling folder
-``raw_root/.Dataset{id:03d}_{name}.partial-XXXX`` and renamed into place when complete, so an interrupted import
-never leaves a folder that looks like a finished dataset.
+``raw_root/.Dataset{id:03d}_{name}.partial-XXXXXXXX`` and renamed into place when complete
+(:func:`nnunetv2_ext.data.raw_dataset.staged_dataset_folder`), so an interrupted import never leaves a folder that
+looks like a finished dataset.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,6 +27,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
+
+from nnunetv2_ext.data.raw_dataset import staged_dataset_folder
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 """File endings recognised as images (case-insensitive)."""
@@ -377,30 +379,6 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _install(staging: Path, target: Path, overwrite: bool) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted afterwards."""
-    if target.exists() and not overwrite:  # appeared while importing
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old / target.name, target)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, dataset_id: int,
                              modalities: Sequence[str], name: str = "Unlabeled", pattern: str | None = None,
                              skip_bad: bool = True, overwrite: bool = False, num_processes: int = 1,
@@ -488,10 +466,7 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
 
     report = ImportReport(source=str(images_dir), modalities=list(modalities),
                           renamed={c: i for c, i in ids.items() if c != i})
-    raw_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=raw_root))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the dataset gets the usual permissions
-    try:
+    with staged_dataset_folder(target, overwrite=overwrite) as staging:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
         jobs = [(case, ids[case], files, modalities, staging) for case, files in cases.items()
@@ -534,8 +509,4 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
                         "not annotations: nnU-Net's planning needs foreground voxels. Not for supervised training.",
             license="as the source images", converted_by="nnunetv2_ext.data.unlabeled")
         (staging / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=4))
-        _install(staging, target, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target, report

@@ -45,7 +45,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from nnunetv2_ext.data.brats import CHANNEL_NAMES, NNUNET_LABELS, REGIONS_CLASS_ORDER
-from nnunetv2_ext.data.restrict import raw_dataset_target, staged_folder
+from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
 from nnunetv2_ext.data.unlabeled import LABELS
 from nnunetv2_ext.io_utils import atomic_write_json
 
@@ -687,7 +687,8 @@ def make_proxy(out_dir: str | Path, spec: ProxySpec = ProxySpec(), overwrite: bo
     train_cases = [f"{spec.target_name}_train_{i:03d}" for i in range(spec.n_target)]
     test_cases = [f"{spec.target_name}_test_{i:03d}" for i in range(spec.n_test)]
     volumes: dict[str, dict[str, float]] = {}
-    with staged_folder(pretrain_dir) as pretrain_stage, staged_folder(target_dir) as target_stage:
+    with staged_dataset_folder(pretrain_dir, overwrite=overwrite) as pretrain_stage, \
+            staged_dataset_folder(target_dir, overwrite=overwrite) as target_stage:
         for folder in (pretrain_stage, target_stage):
             (folder / "imagesTr").mkdir()
             (folder / "labelsTr").mkdir()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -25,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from nnunetv2_ext.io_utils import atomic_write_json
+from nnunetv2_ext.io_utils import atomic_write_json, atomic_write_text
 from nnunetv2_ext.transfer.checkpoint import SourceWeights, strip_prefixes
 
 ACTIONS = ("loaded", "adapted", "new", "ignored")
@@ -142,16 +141,7 @@ class TransferReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         json_path = atomic_write_json(self.to_json(), folder / "transfer_report.json", overwrite=True)
-        txt_path = folder / "transfer_report.txt"
-        fd, tmp = tempfile.mkstemp(prefix=f".{txt_path.name}.", suffix=".partial", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.summary())
-            os.replace(tmp, txt_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        txt_path = atomic_write_text(self.summary(), folder / "transfer_report.txt", overwrite=True)
         return json_path, txt_path
 
 

@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunetv2_ext.data.brats import convert_brats, detect_layout, to_brats_labels
+from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SHAPE = (24, 24, 24)  # numpy (z, y, x)
 SPACING = (1.0, 1.25, 1.5)  # SimpleITK (x, y, z); exact in the float32 NIfTI header
@@ -270,3 +271,13 @@ def test_to_brats_labels_refusals(tmp_path):
         to_brats_labels(preds, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+
+
+def test_outputs_have_the_mode_of_a_plain_mkdir(tmp_path):
+    """The converted dataset and a new predictions folder are group-readable, not 0o700 (issue 17)."""
+    root = make_fake_brats(tmp_path / "in", "gli", n=1)
+    with umask(0o002):
+        folder, _ = convert_brats(root, tmp_path / "raw", name="GLI")
+        to_brats_labels(_as_predictions(folder, tmp_path / "preds"), tmp_path / "back")
+    assert_plain_mkdir_mode(folder, 0o002)
+    assert_plain_mkdir_mode(tmp_path / "back", 0o002)

@@ -9,6 +9,7 @@ import pytest
 
 from nnunetv2_ext.data.restrict import restrict_dataset
 from nnunetv2_ext.data.synthetic import make_brats_like_dataset
+from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SPLITS = [{"train": ["SynBraTS_000"], "val": ["SynBraTS_001"]}, {"train": ["SynBraTS_001"], "val": ["SynBraTS_000"]}]
 
@@ -101,3 +102,11 @@ def test_splits_only_when_present(roots):
     (pre / "Dataset004_Src" / "splits_final.json").unlink()
     restrict_dataset(raw, 4, ["T1Gd"], 109, preprocessed_root=pre)
     assert not (pre / "Dataset109_Src_T1Gd").exists()
+
+
+def test_new_dataset_has_the_mode_of_a_plain_mkdir(roots):
+    """Readable by the group sharing the raw folder, not 0o700 as tempfile.mkdtemp makes it (issue 17)."""
+    raw, _ = roots
+    with umask(0o002):
+        new = restrict_dataset(raw, 4, ["T1"], 110)
+    assert_plain_mkdir_mode(new, 0o002)

@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from nnunetv2_ext.data.synthetic import (MODALITIES, _TAG_LABELED, _synth_case, make_brats_like_dataset,
                                          make_unlabeled_images)
+from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SHAPE = (32, 32, 32)
 KW = dict(n_train=3, n_test=1, shape=SHAPE)
@@ -161,3 +162,13 @@ def test_unlabeled_images(tmp_path):
     assert [p.name for p in (out / "UKB_000").iterdir()] == ["UKB_000_T2.nii.gz"] and not (out / "UKB_001").exists()
     with pytest.raises(ValueError, match="n_cases"):
         make_unlabeled_images(tmp_path / "x", n_cases=0, shape=(24, 24, 24))
+
+
+def test_outputs_have_the_mode_of_a_plain_mkdir(tmp_path):
+    """``example-data``'s dataset and the unlabeled scans folder are group-readable, not 0o700 (issue 17)."""
+    with umask(0o002):
+        ds = make_brats_like_dataset(tmp_path / "raw", n_train=2, n_test=0, shape=(24, 24, 24),
+                                     modalities=("T1",))
+        scans = make_unlabeled_images(tmp_path / "ukb", n_cases=1, shape=(24, 24, 24), modalities=("T1",))
+    assert_plain_mkdir_mode(ds, 0o002)
+    assert_plain_mkdir_mode(scans, 0o002)

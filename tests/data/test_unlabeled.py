@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ext.data.synthetic import make_unlabeled_images
 from nnunetv2_ext.data.unlabeled import find_cases, import_unlabeled_dataset, sanitise_case_id
+from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SHAPE = (32, 32, 32)
 SPACING = (1.2, 1.0, 0.9)  # numpy (z, y, x) order, as make_unlabeled_images takes it
@@ -322,3 +323,13 @@ def test_case_id_clash_and_bad_arguments(source, tmp_path):
         import_unlabeled_dataset(clash, tmp_path / "raw", 910, ["T1", "t1"])
     with pytest.raises(FileNotFoundError, match="--images"):
         import_unlabeled_dataset(tmp_path / "missing", tmp_path / "raw", 910, MODS)
+
+
+def test_dataset_has_the_mode_of_a_plain_mkdir(source, tmp_path):
+    """Group-readable under the caller's umask (issue 17); also with overwrite, which replaces the folder."""
+    with umask(0o002):
+        folder, _ = import_unlabeled_dataset(source, tmp_path, 912, ["T1"], name="UKB")
+    assert_plain_mkdir_mode(folder, 0o002)
+    with umask(0o027):
+        import_unlabeled_dataset(source, tmp_path, 912, ["T1"], name="UKB", overwrite=True)
+    assert_plain_mkdir_mode(folder, 0o027)

@@ -15,6 +15,7 @@ from scipy import ndimage
 from nnunetv2_ext.proxy.anatomy import (MANIFEST, PRETRAIN_MODALITIES, TARGET_MODALITIES, ProxySpec,
                                         jacobian_determinant, load_anatomy, make_proxy, mass_effect,
                                         random_deformation, synthesize_case)
+from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SPEC = ProxySpec(seed=3, resolution=6.0, n_pretrain=2, n_target=2, n_test=1, pretrain_id=611, target_id=612)
 # Written out here rather than imported, so that a wrong constant in the module cannot agree with itself.
@@ -259,3 +260,11 @@ def test_missing_nilearn_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "nilearn", None)
     with pytest.raises(ImportError, match=r"pip install 'nnunetv2-ext\[proxy\]'"):
         load_anatomy(7.25)  # a resolution not cached by other tests
+
+
+def test_datasets_have_the_mode_of_a_plain_mkdir(tmp_path):
+    """``proxy make``'s datasets are group-readable under the caller's umask, not 0o700 (issue 17)."""
+    with umask(0o002):
+        manifest = make_proxy(tmp_path, replace(SPEC, n_target=1))
+    for key in ("pretrain_dataset", "target_dataset"):
+        assert_plain_mkdir_mode(_dataset(tmp_path, manifest, key), 0o002)
