@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dataset = sub.add_parser("dataset", help="derived raw datasets").add_subparsers(dest="dataset_command",
                                                                                       required=True)
-    p = dataset.add_parser("restrict", help="a new raw dataset with a subset of the channels (seed 001 sec. 2.4.4)")
+    p = dataset.add_parser("restrict", help="a new raw dataset with a subset of the channels "
+                                            "(Cox et al. 2024, BrainSegFounder, sec. 2.4.4)")
     p.add_argument("--dataset", required=True, help="source dataset id or name")
     p.add_argument("--channels", required=True, help="comma-separated channel names, e.g. T1 or T1,FLAIR")
     p.add_argument("--dataset-id", type=int, required=True, help="id of the new dataset")
@@ -289,12 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_splits)
-    p = splits.add_parser("monai", help="folds from MONAI's brats21_folds.json (seed 001)")
+    p = splits.add_parser("monai", help="folds from MONAI's brats21_folds.json (as in Cox et al. 2024, "
+                                        "BrainSegFounder)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--folds-json", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_splits)
-    p = splits.add_parser("few-shot", help="append folds training on random subsets of a fold (seed 001 Fig. 5)")
+    p = splits.add_parser("few-shot", help="append folds training on random subsets of a fold "
+                                           "(Cox et al. 2024, BrainSegFounder, Fig. 5)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--fractions", default="0.05,0.1,0.2,0.4")
     p.add_argument("--repeats", type=int, default=5)
@@ -313,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--np", type=int, default=1)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("report", help="seed-style tables and the few-shot curve from a results folder")
+    p = sub.add_parser("report", help="paper-style tables (Multi-encoder nnU-Net Table 1, BrainSegFounder Table 4) "
+                                      "and the few-shot curve from a results folder")
     p.add_argument("--results", required=True, help="$nnUNet_results/DatasetXXX_Name")
     p.add_argument("-o", "--output", required=True, help="folder for tables (md, csv) and plots")
     p.add_argument("--trainers", default=None, help="comma-separated trainer names (default: all)")

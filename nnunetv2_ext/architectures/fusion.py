@@ -1,6 +1,7 @@
 """Fusion of per-modality encoder features at one resolution level.
 
-Seed 000 (Multi-encoder nnU-Net, section 4.1.1 and Figure 1) combines the encoded representations of all
+Taheri Otaghsara et al. 2025 ("Multi-encoder nnU-Net outperforms Transformer models with self-supervised
+pretraining", section 4.1.1 and Figure 1) combines the encoded representations of all
 modalities before the shared decoder. The shared decoder expects one skip per level with the decoder width, so
 each level gets one fusion block mapping ``n_encoders`` feature maps to that width.
 """

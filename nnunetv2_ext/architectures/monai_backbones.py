@@ -102,7 +102,8 @@ class _MonaiBackbone(nn.Module):
 
 class SwinUNETRBackbone(_MonaiBackbone):
     """MONAI's Swin UNETR (Hatamizadeh et al., "Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors
-    in MRI Images", BrainLes 2021, arXiv:2201.01266), as used for BraTS in seed 000 sec. 4.2.1.
+    in MRI Images", BrainLes 2021, arXiv:2201.01266), as used for BraTS in Taheri Otaghsara et al. 2025
+    ("Multi-encoder nnU-Net outperforms Transformer models with self-supervised pretraining") sec. 4.2.1.
 
     Every spatial size must be divisible by ``patch_size ** 5`` (32 with the default token patch of 2), and the
     bottleneck (size / 32) must hold more than one voxel (its InstanceNorm needs > 1 value per channel).
@@ -214,7 +215,7 @@ class UNETRBackbone(_MonaiBackbone):
 
 class SegResNetBackbone(_MonaiBackbone):
     """MONAI's SegResNet (Myronenko, "3D MRI brain tumor segmentation using autoencoder regularization", BrainLes
-    2018, arXiv:1810.11654; seed 000 sec. 4.5), with or without deep supervision.
+    2018, arXiv:1810.11654; Taheri Otaghsara et al. 2025, sec. 4.5), with or without deep supervision.
 
     - ``dsdepth=None``: ``monai.networks.nets.SegResNet``, the paper's encoder-decoder without its variational
       auto-encoder branch; one output, no deep supervision.

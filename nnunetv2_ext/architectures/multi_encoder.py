@@ -1,10 +1,10 @@
 """Multi-encoder U-Net: one encoder per input modality, features fused per level, one shared decoder.
 
-Seed 000 (Multi-encoder nnU-Net outperforms Transformer models with self-supervised pretraining), section 4.1.1 and
-Figure 1: "Each MRI modality is fed into a separate encoder ... the encoded representations from all modalities are
-combined ... passed through a shared decoder". The encoders are dynamic-network-architectures' ``PlainConvEncoder``
-or ``ResidualEncoder``; the decoder is its ``UNetDecoder``, so deep supervision, ``seg_layers`` and checkpoints
-behave exactly as in nnU-Net's ``PlainConvUNet``.
+S. S. Taheri Otaghsara and R. Rahmanzadeh, "Multi-encoder nnU-Net outperforms Transformer models with self-supervised
+pretraining" (UltraAI, 2025), section 4.1.1 and Figure 1: "Each MRI modality is fed into a separate encoder ... the
+encoded representations from all modalities are combined ... passed through a shared decoder". The encoders are
+dynamic-network-architectures' ``PlainConvEncoder`` or ``ResidualEncoder``; the decoder is its ``UNetDecoder``, so deep
+supervision, ``seg_layers`` and checkpoints behave exactly as in nnU-Net's ``PlainConvUNet``.
 
 The constructor takes the ``PlainConvUNet`` keyword arguments plus JSON-serialisable extras (``encoder_groups``,
 ``fusion``, ``encoder``, ``encoder_width``, ``modality_names``, ``encoder_impl``), so a plans file names it through
@@ -198,7 +198,8 @@ class MultiEncoder(nn.Module):
 
 
 class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
-    """U-Net with one encoder per modality (or group of channels) and a shared decoder (seed 000, sec. 4.1.1).
+    """U-Net with one encoder per modality (or group of channels) and a shared decoder (Taheri Otaghsara et al.
+    2025, sec. 4.1.1).
 
     Args:
         input_channels ... nonlin_first: exactly the ``PlainConvUNet`` arguments. With ``encoder='residual'``,

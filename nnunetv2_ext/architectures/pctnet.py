@@ -1,7 +1,7 @@
 """PCT-Net: Parallel Convolution and Transformer Network for 3D segmentation.
 
 G. Wang, J. Wu, X. Luo, X. Liu, K. Li, S. Zhang, "MIS-FM: 3D Medical Image Segmentation using Foundation Models
-Pretrained on a Large-Scale Unannotated Dataset", arXiv:2306.16925 (seed 003), section 3.1.4, Figure 3 and the
+Pretrained on a Large-Scale Unannotated Dataset", 2023, arXiv:2306.16925, section 3.1.4, Figure 3 and the
 implementation details of section 4 (kernels 3x3 / 3x3x3, channels 24, 48, 128, 256, 512 at the five resolution levels).
 
 Three parts, one resolution level each where the paper has one:

@@ -1,7 +1,8 @@
 """TransBTS: a 3D CNN encoder, a Transformer on the bottleneck, and a CNN decoder with skip connections.
 
 W. Wang, C. Chen, M. Ding, H. Yu, S. Zha, J. Li, "TransBTS: Multimodal Brain Tumor Segmentation Using Transformer",
-MICCAI 2021, LNCS 12901, pp. 109-119 (arXiv:2103.04430), section 2 and Figure 1; compared against in seed 000
+MICCAI 2021, LNCS 12901, pp. 109-119 (arXiv:2103.04430), section 2 and Figure 1; compared against in Taheri
+Otaghsara et al. 2025, "Multi-encoder nnU-Net outperforms Transformer models with self-supervised pretraining"
 (section 4.4). The paper's parts, as modules of ``TransBTS``:
 
 - ``encoder`` (sec. 2.1, "spatial and depth feature extraction"): a 3x3x3 stem conv and residual blocks at four

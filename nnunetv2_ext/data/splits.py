@@ -7,7 +7,8 @@ dicts; ``nnUNetv2_train DATASET CONFIG FOLD`` trains on entry ``FOLD``. This mod
   on the same five folds as the transformer baselines (:func:`splits_from_monai_folds`,
   :func:`write_monai_splits`);
 - appends few-shot folds: random subsets of one fold's training cases with its validation cases unchanged, as
-  in BrainSegFounder's limited-data experiment (seed 001, section 2.4.3 and Fig. 5: 5 %-40 % of the training
+  in BrainSegFounder's limited-data experiment (Cox et al. 2024, "BrainSegFounder: Towards 3D Foundation Models
+  for Neuroimage Segmentation", section 2.4.3 and Fig. 5: 5 %-40 % of the training
   data, 5 random subsets per level) (:func:`few_shot_splits`, :func:`append_few_shot_splits`).
 """
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _subset_seed(seed: int, fraction: float, repeat: int) -> int:
 
 def few_shot_splits(base_split: dict, fractions: Sequence[float], repeats: int,
                     seed: int) -> list[tuple[dict[str, list[str]], dict[str, Any]]]:
-    """Random subsets of a split's training cases (seed 001, section 2.4.3: 5 random subsets per data level).
+    """Random subsets of a split's training cases (Cox et al. 2024, section 2.4.3: 5 random subsets per data level).
 
     For every fraction (in the order given) and repeat ``r`` in ``range(repeats)``, ``train`` is a subset of
     ``base_split['train']`` of size ``max(1, round_half_up(fraction * n))`` drawn without replacement by

@@ -1,9 +1,10 @@
 """Per-case, per-region segmentation metrics and a folder evaluator.
 
-Overlap metrics follow the definitions of the multi-encoder nnU-Net paper (seed 000, section 5:
-Eq. 3 DSC, ACC, Eq. 4 SE, SP, Eq. 5 PRE); lesion-wise metrics follow BrainSegFounder (seed 001,
-section 2.2.3), which takes them from the ATLAS v2.0 challenge (Liew et al., 2022). Surface distances
-(HD95, ASSD) are computed with MONAI, spacing-aware.
+Overlap metrics follow the definitions of the multi-encoder nnU-Net paper (Taheri Otaghsara et al. 2025, "Multi-encoder
+nnU-Net outperforms Transformer models with self-supervised pretraining", section 5: Eq. 3 DSC, ACC, Eq. 4 SE, SP, Eq. 5
+PRE); lesion-wise metrics follow BrainSegFounder (Cox et al. 2024, "BrainSegFounder: Towards 3D Foundation Models for
+Neuroimage Segmentation", section 2.2.3), which takes them from the ATLAS v2.0 challenge (Liew et al., 2022). Surface
+distances (HD95, ASSD) are computed with MONAI, spacing-aware.
 
 Conventions shared by every function here:
 
@@ -85,7 +86,8 @@ def confusion(ref: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def overlap_metrics(ref: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Voxel-wise overlap metrics of seed 000, section 5 (P = prediction, G = reference).
+    """Voxel-wise overlap metrics of Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net), section 5
+    (P = prediction, G = reference).
 
     - ``dice`` = 2|P ∩ G| / (|P| + |G|) (Eq. 3) = 2TP / (2TP + FP + FN)
     - ``jaccard`` = |P ∩ G| / |P ∪ G| = TP / (TP + FP + FN)
@@ -167,7 +169,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def lesion_metrics(ref: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Lesion-wise detection metrics of seed 001, section 2.2.3 (ATLAS v2.0, Liew et al. 2022).
+    """Lesion-wise detection metrics of Cox et al. 2024 (BrainSegFounder), section 2.2.3 (ATLAS v2.0, Liew et al. 2022).
 
     Lesions are the 3D connected components (26-connectivity; 8 in 2D) of each mask. Following the paper:
     "a true positive is any 3D connected component in the ground-truth image that overlaps with at least one

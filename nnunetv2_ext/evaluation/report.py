@@ -1,6 +1,9 @@
-"""Tables and plots from an nnU-Net results tree: seed 000 Table 1 (one row per trainer: mean DSC, ACC, SE, SP,
-PRE), seed 001 Table 4 (rows = folds, columns = trainers: mean Dice) and the few-shot curve of seed 001 Figure 5
-(mean Dice vs fraction of labelled training cases, +/- 1 s.d. over the random subsets, one line per trainer).
+"""Tables and plots from an nnU-Net results tree: Table 1 of Taheri Otaghsara et al. 2025, "Multi-encoder nnU-Net
+outperforms Transformer models with self-supervised pretraining" (one row per trainer: mean DSC, ACC, SE, SP, PRE),
+Table 4 of Cox et al. 2024, "BrainSegFounder: Towards 3D Foundation Models for Neuroimage Segmentation" (rows =
+folds, columns = trainers: mean Dice) and the few-shot curve of BrainSegFounder's Figure 5 (mean Dice vs fraction
+of labelled training cases, +/- 1 s.d. over the random subsets, one line per trainer). Full references:
+docs/references.md.
 
 Each fold's ``validation/`` predictions are scored once with :func:`nnunetv2_ext.evaluation.metrics.evaluate_folders`
 against nnU-Net's ``gt_segmentations``; the result is cached as ``validation/metrics_ext.json`` and recomputed when
@@ -101,7 +104,8 @@ def _fold_sort_key(fold: str):
 
 
 def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None) -> List[Dict]:
-    """Seed 000 Table 1: one row per model, metrics averaged over regions, cases and the given folds."""
+    """Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) Table 1: one row per model, metrics averaged over regions,
+    cases and the given folds."""
     rows = []
     for model in dict.fromkeys(r.model for r in results):
         runs = [r for r in results if r.model == model and (folds is None or r.fold in folds)]
@@ -117,7 +121,7 @@ def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] =
 
 
 def table_folds(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None) -> List[Dict]:
-    """Seed 001 Table 4: rows = folds, columns = models, mean Dice over regions and cases."""
+    """Cox et al. 2024 (BrainSegFounder) Table 4: rows = folds, columns = models, mean Dice over regions and cases."""
     models = list(dict.fromkeys(r.model for r in results))
     all_folds = sorted({r.fold for r in results if folds is None or r.fold in folds}, key=_fold_sort_key)
     rows = []
@@ -147,7 +151,7 @@ def few_shot_table(results: Sequence[FoldResult], index: Sequence[dict]) -> List
 
 
 def plot_few_shot(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """The few-shot curve (seed 001 Figure 5): mean Dice vs training fraction, error bars +/- 1 s.d."""
+    """The few-shot curve (Cox et al. 2024, Figure 5): mean Dice vs training fraction, error bars +/- 1 s.d."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -192,8 +196,8 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
                  trainers: Optional[Sequence[str]] = None, configuration: Optional[str] = None,
                  gt_dir: str | os.PathLike | None = None, few_shot_index: str | os.PathLike | None = None,
                  num_processes: int = 1, overwrite: bool = False) -> Dict[str, Path]:
-    """Write ``table_models.md/.csv`` (seed 000 Table 1, folds 0-4 or whatever folds exist outside the few-shot
-    ones), ``table_folds.md/.csv`` (seed 001 Table 4) and, if a few-shot index exists (default: the
+    """Write ``table_models.md/.csv`` (Multi-encoder nnU-Net Table 1, folds 0-4 or whatever folds exist outside the
+    few-shot ones), ``table_folds.md/.csv`` (BrainSegFounder Table 4) and, if a few-shot index exists (default: the
     ``few_shot_index.json`` beside the dataset's splits_final.json), ``few_shot.md/.csv`` and ``few_shot.png``.
 
     Raises:

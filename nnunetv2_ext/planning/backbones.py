@@ -9,9 +9,10 @@ Backbones, by name:
   training and for sliding-window inference, so a larger patch needs no new preprocessing (the derived plans keep
   the ``data_identifier``). SegResNet gets deep supervision (MONAI's SegResNetDS) unless ``deep_supervision=False``.
 - ``stunet_s``, ``stunet_b``, ``stunet_l``: STU-Net (Huang et al., "STU-Net: Scalable and Transferable Medical Image
-  Segmentation Models Empowered by Large-Scale Supervised Pre-training", arXiv:2304.06716; seed 004 sec. 2.3.1 and
-  Table 4.1, where STU-Net at 128^3 has 58.18 M parameters, the B preset) as the residual nnU-Net of
-  dynamic-network-architectures' ``ResidualEncoderUNet``: the plans' strides and kernel sizes, the preset's widths
+  Segmentation Models Empowered by Large-Scale Supervised Pre-training", arXiv:2304.06716; the CT foundation-model
+  thesis on AortaSeg24 and HaN-Seg (docs/references.md) sec. 2.3.1 and Table 4.1, where STU-Net at 128^3 has 58.18 M
+  parameters, the B preset) as the residual nnU-Net of dynamic-network-architectures' ``ResidualEncoderUNet``: the
+  plans' strides and kernel sizes, the preset's widths
   and blocks per stage (the authors' ``STUNetTrainer_small/base/large``, uni-medical/STU-Net
   ``network_training/STUNetTrainer.py``: widths 16..256 / 32..512 / 64..1024 over 6 stages, 1 / 1 / 2 residual blocks
   per stage). STU-Net's decoder stages are residual blocks of two convolutions each; ``UNetDecoder`` stages are plain
@@ -60,10 +61,12 @@ CUSTOM_BACKBONES: Dict[str, dict] = {
 BACKBONE_NAMES: Tuple[str, ...] = tuple(MONAI_BACKBONES) + tuple(STUNET_PRESETS) + tuple(CUSTOM_BACKBONES)
 SPATIAL_DIMS = (2, 3)  # every backbone here builds 2D and 3D networks
 PRESET_CONFIG_KEYS = ("patch_size", "batch_size")
-# Seed 000 sec. 4.2.1, Swin UNETR on BraTS: patch 96 x 96 x 96, batch size 4 (as data: dump it into plans/ to use it
-# from the command line)
+# Taheri Otaghsara and Rahmanzadeh 2025, "Multi-encoder nnU-Net outperforms Transformer models with self-supervised
+# pretraining", sec. 4.2.1, Swin UNETR on BraTS: patch 96 x 96 x 96, batch size 4 (as data: dump it into plans/ to use
+# it from the command line)
 SWIN_UNETR_SEED000_PRESET = {
-    "description": "Swin UNETR on BraTS as in seed 000 sec. 4.2.1: patch 96x96x96, batch size 4, feature size 48",
+    "description": "Swin UNETR on BraTS as in Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) sec. 4.2.1: "
+                   "patch 96x96x96, batch size 4, feature size 48",
     "configurations": {"3d_fullres": {"patch_size": [96, 96, 96], "batch_size": 4}},
     "backbone": {"feature_size": 48},
 }
@@ -208,8 +211,8 @@ def backbone_architecture(name: str, configuration: dict, patch_size: Optional[S
     Args:
         name: one of ``BACKBONE_NAMES``.
         configuration: an nnU-Net plans configuration with an ``architecture`` (left unchanged).
-        patch_size: a patch to use instead of the planned one (e.g. seed 000's 96^3 for Swin UNETR); rounded up for
-            MONAI backbones, re-planned with nnU-Net's topology rules for STU-Net.
+        patch_size: a patch to use instead of the planned one (e.g. Taheri Otaghsara et al. 2025's 96^3 for Swin
+            UNETR); rounded up for MONAI backbones, re-planned with nnU-Net's topology rules for STU-Net.
         batch_size: a batch size to use instead of the planned one.
         **options: MONAI backbones: constructor arguments of the wrapper (``feature_size``, ``depths``, ...;
             SegResNet also ``deep_supervision``); a configuration already naming the same backbone keeps its

@@ -1,8 +1,10 @@
-"""Cross-modality prediction pretext: predict one MRI modality from others (seed 002, section 3.1).
+"""Cross-modality prediction pretext: predict one MRI modality from others.
 
-Seed 002, sec. 3.1: the SSL model "is configured to accept two input channels - T1 and T1Gd and tasked with
-reconstructing the FLAIR modality", ``y_hat = F_SSL(x) = D(E(x))``, trained with the mean squared error
-``L_SSL = sum_i ||y_hat_i - y_i||^2``; sec. 4.3.1 evaluates it with MSE, PSNR ``20 log10(MAX_I / sqrt(MSE))`` and SSIM
+R. Umesh Kalyanappa, "Early Fusion-based Self-Supervised Learning (SSL) with Cross-Modality Prediction for Brain Tumour
+Segmentation", Bachelor's thesis, Satakunta University of Applied Sciences, 2025, sec. 3.1: the SSL model "is configured
+to accept two input channels - T1 and T1Gd and tasked with reconstructing the FLAIR modality",
+``y_hat = F_SSL(x) = D(E(x))``, trained with the mean squared error ``L_SSL = sum_i ||y_hat_i - y_i||^2``; sec. 4.3.1
+evaluates it with MSE, PSNR ``20 log10(MAX_I / sqrt(MSE))`` and SSIM
 (Wang et al. 2004, "Image quality assessment: from error visibility to structural similarity", IEEE TIP 13(4)).
 The paper slices the input to the two channels; :func:`split_modalities` can do that (``mode="select"``) or keep the
 channel count and zero every channel that is not an input (``mode="zero"``), so a multi-encoder network keeps one
@@ -59,7 +61,8 @@ def resolve_channels(channel_names: Mapping, names: Sequence[str]) -> list[int]:
 
 def split_modalities(x: torch.Tensor, target_channels: Sequence[int], input_channels: Sequence[int],
                      mode: str = "zero") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Split a batch ``x`` (B, C, *spatial) into the network input and the modality to predict (seed 002 sec. 3.1).
+    """Split a batch ``x`` (B, C, *spatial) into the network input and the modality to predict (Umesh Kalyanappa
+    2025, sec. 3.1).
 
     Args:
         x: images, channels in dataset.json order.
@@ -106,7 +109,7 @@ def _data_range(target: torch.Tensor, data_range: Optional[float]) -> torch.Tens
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: Optional[float] = None) -> torch.Tensor:
-    """Peak signal-to-noise ratio per sample, ``20 log10(MAX_I / sqrt(MSE))`` in dB (seed 002 sec. 4.3.1).
+    """Peak signal-to-noise ratio per sample, ``20 log10(MAX_I / sqrt(MSE))`` in dB (Umesh Kalyanappa 2025 sec. 4.3.1).
 
     ``pred``/``target`` (B, ...). ``MAX_I = data_range``, or per sample ``target.max() - target.min()`` when None
     (nnU-Net images are z-scored, not in a fixed range). Returns float64 (B,); ``inf`` where ``pred == target``.

@@ -1,9 +1,10 @@
 """Swin UNETR self-supervised proxy tasks: rotation, masked-volume inpainting, contrastive coding.
 
-Seed 001 (BrainSegFounder), section 2.3: "Adopting the methodology from Tang et al. (2022), the Swin-UNETR encoder is
-pretrained through three distinct proxy tasks ...: masked volume inpainting, 3D image rotation, and contrastive
-coding"; the input crops are "augmented with random inner cutout and rotation". Tang et al. (2022, "Self-Supervised
-Pre-Training of Swin Transformers for 3D Medical Image Analysis", CVPR) define the total loss
+Cox et al. 2024 ("BrainSegFounder: Towards 3D Foundation Models for Neuroimage Segmentation"), section 2.3: "Adopting
+the methodology from Tang et al. (2022), the Swin-UNETR encoder is pretrained through three distinct proxy tasks ...:
+masked volume inpainting, 3D image rotation, and contrastive coding"; the input crops are "augmented with random inner
+cutout and rotation". Tang et al. (2022, "Self-Supervised Pre-Training of Swin Transformers for 3D Medical Image
+Analysis", CVPR) define the total loss
 
     L_tot = lambda_1 L_inpaint + lambda_2 L_contrast + lambda_3 L_rot,       lambda_1 = lambda_2 = lambda_3 = 1
 
@@ -61,7 +62,8 @@ __all__ = [
 # Tang et al. 2022 / MONAI Pretrain ops.rot_rand: 4 classes, 0/90/180/270 deg over the last two spatial axes
 N_ROTATIONS = 4
 ROTATION_DIMS = (-2, -1)
-# MONAI Pretrain ops.patch_rand_drop(max_drop=0.3, max_block_sz=0.25, tolr=0.05); seed 001 sec. 2.3 "inner cutout"
+# MONAI Pretrain ops.patch_rand_drop(max_drop=0.3, max_block_sz=0.25, tolr=0.05); Cox et al. 2024 sec. 2.3:
+# "inner cutout"
 MAX_MASK_FRACTION = 0.3
 MIN_BOX_FRACTION = 0.05
 MAX_BOX_FRACTION = 0.25

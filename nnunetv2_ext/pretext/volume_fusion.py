@@ -1,6 +1,7 @@
-"""Volume Fusion self-supervised pretext task (seed 003: MIS-FM, Wang et al.).
+"""Volume Fusion self-supervised pretext task (Wang et al. 2023, "MIS-FM: 3D Medical Image Segmentation using
+Foundation Models Pretrained on a Large-Scale Unannotated Dataset", arXiv:2306.16925).
 
-Seed 003, section 3.1 / Algorithm 1: a foreground sub-volume ``I_f`` is fused into a background
+MIS-FM, section 3.1 / Algorithm 1: a foreground sub-volume ``I_f`` is fused into a background
 sub-volume ``I_b`` of a *different* scan with a voxel-wise fusion coefficient map ``alpha``,
 
     X = alpha * I_f + (1 - alpha) * I_b                                  (eq. (1))
@@ -61,7 +62,7 @@ def _int_triple(name: str, value) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class VolumeFusionConfig:
-    """Settings of Volume Fusion (seed 003, MIS-FM, sec. 3.1 and sec. 4 implementation details).
+    """Settings of Volume Fusion (Wang et al. 2023, MIS-FM, sec. 3.1 and sec. 4 implementation details).
 
     k: number of non-zero fusion levels; alpha in {0, 1/K, ..., 1}, K + 1 classes (paper: K = 4).
     min_boxes / max_boxes: box count M ~ U(min_boxes, max_boxes), both ends inclusive (paper: U(10, 40)).
@@ -114,9 +115,9 @@ def _round_half_up(x: float) -> int:
 def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Box extent range (min, max) per axis, scaled from ``cfg.ref_shape`` to ``patch_shape``.
 
-    The paper's extents (seed 003, sec. 4: 8-40 x 8-80 x 8-80) refer to a 64 x 128 x 128 sub-volume; here they
-    are scaled by ``patch / ref`` per axis (rounded half up), then kept within ``[1, patch size]`` with
-    ``min <= max``.  For a 2D patch the last two axes of the config are used.
+    The paper's extents (Wang et al. 2023, MIS-FM, sec. 4: 8-40 x 8-80 x 8-80) refer to a 64 x 128 x 128
+    sub-volume; here they are scaled by ``patch / ref`` per axis (rounded half up), then kept within
+    ``[1, patch size]`` with ``min <= max``.  For a 2D patch the last two axes of the config are used.
     """
     shape = _check_spatial_shape(patch_shape)
     nd = len(shape)
@@ -140,7 +141,7 @@ def sample_boxes(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw the Volume Fusion boxes for a whole batch at once (seed 003, Algorithm 1, lines 7-10).
+    """Draw the Volume Fusion boxes for a whole batch at once (Wang et al. 2023, MIS-FM, Algorithm 1, lines 7-10).
 
     Per sample: M ~ U(min_boxes, max_boxes) (inclusive); per box: an extent per axis uniform in the scaled range
     (:func:`scaled_extents`), a centre uniform over the voxels, the box ``[centre - e // 2, centre - e // 2 + e)``
@@ -185,7 +186,7 @@ def boxes_to_label(
     active: torch.Tensor,
     spatial_shape,
 ) -> torch.Tensor:
-    """Paint boxes into a label map (seed 003, Algorithm 1, lines 6-11 and 14).
+    """Paint boxes into a label map (Wang et al. 2023, MIS-FM, Algorithm 1, lines 6-11 and 14).
 
     ``lower``/``upper`` (B, M, D) half-open box corners, ``levels`` (B, M), ``active`` (B, M) bool.  Returns
     int64 (B, 1, *spatial): 0 where no active box, otherwise the level of the *last* active box (highest box
@@ -226,7 +227,7 @@ def volume_fusion(
     cfg: VolumeFusionConfig = VolumeFusionConfig(),
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Volume Fusion of a batch (seed 003, MIS-FM, sec. 3.1, eq. (1), Algorithm 1).
+    """Volume Fusion of a batch (Wang et al. 2023, MIS-FM, sec. 3.1, eq. (1), Algorithm 1).
 
     ``images`` (B, C, *spatial), floating point, B >= 2, 2D or 3D.  Returns ``(fused, label, alpha)``:
 
@@ -347,7 +348,8 @@ def save_volume_fusion_figure(
     sample: int = 0,
 ):
     """Save a PNG with, for one sample, the middle axial slice of background, foreground, label (alpha = label / K)
-    and fused image side by side (seed 003, Fig. 1/2 style).  2D inputs are shown whole.  Returns ``path``."""
+    and fused image side by side (Wang et al. 2023, MIS-FM, Fig. 1/2 style).  2D inputs are shown whole.
+    Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,14 +10,16 @@ Aggregation (the same everywhere):
 - a run's value of a metric in a region is the mean over its test cases, skipping NaN;
 - the ``"mean"`` region is, per case, the mean over the dataset's regions (skipping NaN), then averaged over cases;
 - a (method, n_labelled) cell reports the mean and the sample s.d. (ddof = 1; 0.0 for a single subset) of the
-  per-subset values, as the few-shot curve of seed 001 (Figure 5: mean Dice +/- 1 s.d. over random subsets);
+  per-subset values, as the few-shot curve of Cox et al. 2024 ("BrainSegFounder:
+  Towards 3D Foundation Models for Neuroimage Segmentation", Figure 5: mean Dice +/- 1 s.d. over random subsets);
 - paired comparisons use runs of both methods trained on the same subset (same labelled cases) and, within them,
   the same test cases; their uncertainty comes from a two-level (hierarchical) bootstrap that resamples subsets
   and, inside each resampled subset, test cases (Davison & Hinkley, *Bootstrap Methods and their Application*,
   1997, section 3.8; Saravanan et al., *Application of the hierarchical bootstrap to multi-level data in
   neuroscience*, 2020), since both the training subset and the test case are random.
 
-Table metrics follow seed 000, Table 1 (DSC Eq. 3, ACC, SE Eq. 4, SP, PRE Eq. 5) plus HD95.
+Table metrics follow Taheri Otaghsara et al. 2025 ("Multi-encoder nnU-Net outperforms Transformer models with
+self-supervised pretraining"), Table 1 (DSC Eq. 3, ACC, SE Eq. 4, SP, PRE Eq. 5) plus HD95.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ import numpy as np
 from nnunetv2_ext.evaluation.report import _fold_metrics, _markdown, _write_table
 from nnunetv2_ext.io_utils import atomic_write_json
 
-#: (metric key of :func:`~nnunetv2_ext.evaluation.metrics.case_metrics`, column label): seed 000 Table 1 plus HD95.
+#: (metric key of :func:`~nnunetv2_ext.evaluation.metrics.case_metrics`, column label): Taheri Otaghsara et al. 2025
+#: (Multi-encoder nnU-Net) Table 1 plus HD95.
 TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("dice", "Dice"), ("accuracy", "ACC"), ("sensitivity", "SE"), ("specificity", "SP"), ("precision", "PRE"),
     ("hd95_mm", "HD95 (mm)"))
@@ -244,7 +247,7 @@ def results_table(scores: Mapping[Run, dict], regions: Sequence[str] | None = No
 
 
 def curve_rows(scores: Mapping[Run, dict], regions: Sequence[str] | None = None) -> list[dict]:
-    """The label-efficiency curve (seed 001 Figure 5 style): Dice vs number of labelled cases.
+    """The label-efficiency curve (Cox et al. 2024, Figure 5 style): Dice vs number of labelled cases.
 
     Returns:
         One row per (method, n_labelled, region) (regions default to the dataset's and ``"mean"``):

@@ -1,8 +1,11 @@
 """The proxy benchmark (``nnunetv2_ext proxy run``): few-shot segmentation on the proxy data of
 :mod:`nnunetv2_ext.proxy.anatomy`, every method through nnU-Net's own commands.
 
-Protocol (seed 001 sec. 2.4.3 / Fig. 5 few-shot levels with random subsets; seed 000 sec. 4.3 two-stage SSL;
-seed 003 Table 2 Volume Fusion):
+Protocol (few-shot levels with random subsets: Cox et al. 2024, "BrainSegFounder: Towards 3D Foundation Models for
+Neuroimage Segmentation", sec. 2.4.3 / Fig. 5; two-stage SSL: Taheri Otaghsara et al. 2025, "Multi-encoder nnU-Net
+outperforms Transformer models with self-supervised pretraining", sec. 4.3; Volume Fusion: Wang et al. 2023,
+"MIS-FM: 3D Medical Image Segmentation using Foundation Models Pretrained on a Large-Scale Unannotated Dataset",
+arXiv:2306.16925, Table 2):
 
 1. ``nnUNetv2_plan_and_preprocess --no_pp`` fingerprints and plans both datasets; the benchmark then writes its own
    plans (``nnUNetPlans_proxy_<scale>``: the target dataset's configuration with the scale's spacing, patch and widths,
@@ -55,7 +58,7 @@ class Scale:
     encoder_width: float                  # multi-encoder: width of each encoder relative to the decoder
     batch_size: int
     n_labelled: tuple                     # labelled training cases per few-shot level (the pool size = all)
-    repeats: int                          # random subsets per level below the whole pool (seed 001: 5)
+    repeats: int                          # random subsets per level below the whole pool (BrainSegFounder: 5)
     lanes: int                            # parallel jobs
     device: str
     methods: tuple
@@ -67,10 +70,10 @@ class Scale:
 #   sees the tumour with its surroundings). At 3 mm nnU-Net's final validation of the 12 test cases alone took ~100 s
 #   per run (36 sliding windows per case); at 4 mm it is 8 windows per case.
 # - 4 stages of 16-128 features: vanilla 1.4 M parameters; the multi-encoder with half-width encoders has 1.45 M
-#   (parameter-matched; seed 000 sec. 4.1.1 uses full width on a GPU). One training step: ~0.45 s (vanilla) and
-#   ~0.65 s (multi-encoder) on one core, data augmentation included.
+#   (parameter-matched; Taheri Otaghsara et al. 2025 sec. 4.1.1 use full width on a GPU). One training step: ~0.45 s
+#   (vanilla) and ~0.65 s (multi-encoder) on one core, data augmentation included.
 # - 200 steps per fine-tuning run (10 epochs of 20: the CPU trainers in nnunetv2_ext.training.proxy) and 160 per
-#   pretraining stage; 3 random subsets per level (seed 001 uses 5); two lanes of one thread each (one run on two
+#   pretraining stage; 3 random subsets per level (Cox et al. 2024 use 5); two lanes of one thread each (one run on two
 #   threads is only ~1.15x faster than on one).
 SCALES: Dict[str, Scale] = {
     "cpu": Scale("cpu", spacing=4.0, patch_size=(32, 32, 32), base_features=16, max_stages=4, encoder_width=0.5,

@@ -25,9 +25,9 @@ format              what it is and how its keys are mapped
                     ``out.*``), e.g. a BTCV / BraTS21 fine-tuning: every key goes to ``<prefix><key>``;
                     ``encoder_only=True`` keeps the Swin ViT alone.
 ``brainsegfounder`` BrainSegFounder (lab-smile/BrainSegFounder): a MONAI Swin ``SSLHead`` pretrained on 2 channels,
-                    T1 and FLAIR (seed 001); read as ``monai_swin_ssl`` with modality names ``('T1', 'FLAIR')``
-                    unless told otherwise, and its patch embedding declared as input projection
-                    (``keys_to_in_proj``), so that a transfer can keep both pretrained channels by name (the
+                    T1 and FLAIR (Cox et al. 2024, UK Biobank stage); read as ``monai_swin_ssl`` with modality
+                    names ``('T1', 'FLAIR')`` unless told otherwise, and its patch embedding declared as input
+                    projection (``keys_to_in_proj``), so that a transfer can keep both pretrained channels by name (the
                     authors' own 2 -> 4 channel loader ends with a fresh patch embedding, REFERENCE.md). Where the
                     transfer cannot, :func:`with_source_notes` puts a WARNING in the report.
 ``state_dict``      any other flat ``str -> Tensor`` dict (top level or under ``state_dict`` / ``model_state_dict``
@@ -81,7 +81,8 @@ SWIN_PATCH_EMBED = "patch_embed.proj.weight"
 # MONAI SwinUNETR's input projections, relative to the SwinUNETR (keys_to_in_proj convention of
 # dynamic-network-architectures: module paths without ".weight")
 SWINUNETR_IN_PROJ = ("swinViT.patch_embed.proj", "encoder1.layer.conv1.conv", "encoder1.layer.conv3.conv")
-BRAINSEGFOUNDER_MODALITIES = {2: ("T1", "FLAIR"), 1: ("T1",)}  # seed 001: 2-channel T1 + FLAIR pretraining
+# Cox et al. 2024 (BrainSegFounder): 2-channel T1 + FLAIR pretraining
+BRAINSEGFOUNDER_MODALITIES = {2: ("T1", "FLAIR"), 1: ("T1",)}
 
 # nnssl adaptation plan -> where dynamic-network-architectures keeps encoder, stem and learnable positional embedding
 # (AbstractDynamicNetworkArchitectures.key_to_encoder / key_to_stem / key_to_lpe of the planned architecture)
@@ -585,9 +586,10 @@ def _read_swin(path: Path, state: Mapping[str, torch.Tensor], fmt: str, containe
                                  f"the known pretrainings have 2 (T1, FLAIR) or 1 (T1): pass the modality names "
                                  f"(one per input channel)")
             notes.append(f"modality names {list(default)} assumed (BrainSegFounder pretrains on "
-                         f"{' + '.join(default)}, in this channel order; seed 001): pass modality_names if this file "
-                         f"differs. The names let the transfer put each pretrained channel where the target has the "
-                         f"same modality (BrainSegFounder's own 2 -> 4 loader ends with a fresh patch embedding)")
+                         f"{' + '.join(default)}, in this channel order; Cox et al. 2024): pass modality_names if "
+                         f"this file differs. The names let the transfer put each pretrained channel where the target "
+                         f"has the same modality (BrainSegFounder's own 2 -> 4 loader ends with a fresh patch "
+                         f"embedding)")
             modality_names = default
     names = list(modality_names) if modality_names is not None else None
     if names is not None and len(names) != layout.in_channels:

@@ -9,7 +9,8 @@ report)``. It handles the cases nnU-Net's exact-match loader refuses (nnU-Net is
 - a U-Net into the same U-Net with another input channel count: the first convolution adapted by modality name.
 
 Input channels whose modality the source never saw get a new kernel slice, He-initialised as in BrainSegFounder's
-2 -> 4 channel expansion (seed 001, sec. 2.4.1: "adding two new channels, whose weights were randomly initialized
+2 -> 4 channel expansion (Cox et al. 2024, "BrainSegFounder: Towards 3D Foundation Models for Neuroimage
+Segmentation", sec. 2.4.1: "adding two new channels, whose weights were randomly initialized
 using the Kaiming initialization method"), or the mean of the pretrained channels' kernels.
 """
 from __future__ import annotations
@@ -427,9 +428,9 @@ class _Transfer:
         if self.mode == "mean":
             how = "mean of the pretrained channels' kernels"
         elif self.generator is not None:
-            how = "He (Kaiming) init redrawn, seed 001 sec. 2.4.1"
+            how = "He (Kaiming) init redrawn, BrainSegFounder (Cox et al. 2024) sec. 2.4.1"
         else:
-            how = "target's He (Kaiming) init kept, seed 001 sec. 2.4.1"
+            how = "target's He (Kaiming) init kept, BrainSegFounder (Cox et al. 2024) sec. 2.4.1"
         return f"new {', '.join(names)} ({how})"
 
     # -- decisions ----------------------------------------------------------------------------------------------------
@@ -722,7 +723,8 @@ def transfer_weights(source: SourceWeights | Mapping[str, torch.Tensor], target:
     - first convolutions (input projections): kernel slice of each input channel copied from the source channel of
       the same modality (by index where names are unknown); channels of modalities the source lacks are new:
       ``'kaiming'`` keeps the target's He-initialised slice (redrawn from ``generator`` if one is given) as in
-      seed 001 sec. 2.4.1's 2 -> 4 channel expansion, ``'mean'`` takes the mean of the pretrained channels' kernels;
+      BrainSegFounder's 2 -> 4 channel expansion (Cox et al. 2024, sec. 2.4.1), ``'mean'`` takes the mean of the
+      pretrained channels' kernels;
     - every other key: ``loaded`` if the source has it with the same shape, else ``new`` (with both shapes);
     - source tensors nothing used: ``ignored`` entries.
 

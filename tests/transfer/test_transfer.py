@@ -129,7 +129,7 @@ def test_plain_two_modalities_into_four_encoders(plain_source, mode):
     assert len(by_key) == len(keys)  # one entry per canonical key: aliases not repeated
     assert by_key[f"encoder.encoders.0.{FIRST}"].action == "adapted"
     note = by_key[f"encoder.encoders.1.{FIRST}"].note
-    assert "T1Gd" in note and ("seed 001" in note if mode == "kaiming" else "mean" in note)
+    assert "T1Gd" in note and ("BrainSegFounder" in note if mode == "kaiming" else "mean" in note)
     assert by_key["decoder.seg_layers.0.weight"].note == "segmentation head: not transferred"
 
 
