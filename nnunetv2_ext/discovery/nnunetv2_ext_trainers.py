@@ -18,4 +18,6 @@ from nnunetv2_ext.training.proxy import (nnUNetTrainerProxyMultiEncoder_cpu, nnU
                                         nnUNetTrainerProxyVolumeFusion_smoke)
 from nnunetv2_ext.training.proxy import (nnUNetTrainerProxyCrossModality_cpu2d, nnUNetTrainerProxyMultiEncoder_cpu2d,  # noqa: F401
                                         nnUNetTrainerProxyMultiEncoderSSL_cpu2d, nnUNetTrainerProxySwinProxies_cpu2d,
-                                        nnUNetTrainerProxyVolumeFusion_cpu2d)
+                                        nnUNetTrainerProxyVolumeFusion_cpu2d,
+                                        nnUNetTrainerProxyMultiEncoderSSLFullTransfer_cpu2d,
+                                        nnUNetTrainerProxyVolumeFusionSGD_cpu2d)

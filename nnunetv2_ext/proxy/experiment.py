@@ -103,6 +103,8 @@ class Method:
     pretext: Optional[str] = None         # pretraining trainer (both stages), without the scale suffix
     two_stage: bool = True                # stage 1 on the healthy cohort, then stage 2 on the target pool; else
                                           # stage 2 only (a pretext that needs modalities the healthy cohort lacks)
+    pretrained_by: Optional[str] = None   # fine-tune from this other method's pretraining (an ablation of the
+                                          # fine-tuning protocol on the same checkpoint); no pretraining of its own
 
 
 METHODS: Dict[str, Method] = {
@@ -115,9 +117,16 @@ METHODS: Dict[str, Method] = {
     # T1 + T1Gd -> FLAIR needs T1Gd, which the healthy T1 + FLAIR cohort lacks: stage 2 (the target pool) only
     "ssl_cm": Method("Multi-encoder + cross-modality SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
                      pretext="nnUNetTrainerProxyCrossModality", two_stage=False),
+    # ablations of issue 16's changes (cpu2d): the old fine-tuning protocol (whole network transferred, no warm-up)
+    # on ssl_vf's checkpoint, and Volume Fusion pretrained with nnU-Net's SGD instead of MIS-FM's Adam
+    "ssl_vf_full": Method("Multi-encoder + Volume Fusion SSL, whole network transferred, no warm-up",
+                          "nnUNetTrainerProxyMultiEncoderSSLFullTransfer", multi_encoder=True,
+                          pretext="nnUNetTrainerProxyVolumeFusion", pretrained_by="ssl_vf"),
+    "ssl_vf_sgd": Method("Multi-encoder + Volume Fusion SSL pretrained with SGD", "nnUNetTrainerProxyMultiEncoderSSL",
+                         multi_encoder=True, pretext="nnUNetTrainerProxyVolumeFusionSGD"),
 }
 COMPARISONS = (("ssl_vf", "scratch"), ("ssl_swin", "scratch"), ("ssl_cm", "scratch"), ("scratch", "vanilla"),
-               ("ssl_vf", "vanilla"))
+               ("ssl_vf", "vanilla"), ("ssl_vf", "ssl_vf_full"), ("ssl_vf", "ssl_vf_sgd"))
 
 
 def plans_names(scale: Scale) -> tuple[str, str]:
@@ -266,7 +275,7 @@ def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Se
     jobs: List[Job] = []
     for key in methods:
         method = METHODS[key]
-        if method.pretext is None:
+        if method.pretext is None or method.pretrained_by is not None:
             continue
         results = out / "nnUNet_results" / key
         trainer = method.pretext + suffix
@@ -288,9 +297,10 @@ def build_jobs(out: Path, manifest: dict, folds: dict, scale: Scale, methods: Se
             trainer, plans = method.trainer + suffix, me_plans if method.multi_encoder else vanilla_plans
             pretrained, deps = None, []
             if method.pretext is not None:
-                pretrained = fold_dir(results, target_ds, method.pretext + suffix, me_plans, folds["ssl_fold"], c) \
-                    / "checkpoint_final.pth"
-                deps = [f"{key}/stage2"]
+                source = method.pretrained_by or key
+                pretrained = fold_dir(out / "nnUNet_results" / source, target_ds, method.pretext + suffix, me_plans,
+                                      folds["ssl_fold"], c) / "checkpoint_final.pth"
+                deps = [f"{source}/stage2"]
             jobs.append(Job(f"{key}/n{entry['n_labelled']}_s{entry['subset']}",
                             _train_cmd(target_ds, entry["fold"], trainer, plans, scale.device, pretrained, c),
                             results, fold_dir(results, target_ds, trainer, plans, entry["fold"], c), deps))
@@ -460,6 +470,11 @@ def run_benchmark(out: str | os.PathLike, scale: str = "cpu", methods: Optional[
     unknown = [m for m in chosen.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    needs = [(m, METHODS[m].pretrained_by) for m in chosen.methods
+             if METHODS[m].pretrained_by and METHODS[m].pretrained_by not in chosen.methods]
+    if needs:
+        raise ValueError(", ".join(f"method {m} fine-tunes {p}'s pretraining" for m, p in needs) +
+                         ": add it to --methods")
     from nnunetv2_ext.training import proxy as proxy_trainers
 
     missing = [f"{name}_{chosen.name}" for m in chosen.methods for name in (METHODS[m].trainer, METHODS[m].pretext)

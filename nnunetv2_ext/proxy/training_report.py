@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-PRETEXT_METRICS_FILE = "pretext_metrics.json"
+from nnunetv2_ext.training.pretext_metrics import PRETEXT_METRICS_FILE
 CURVE_KEYS = ("train_losses", "val_losses", "mean_fg_dice")
 
 

@@ -7,6 +7,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.training import pretrained
+from nnunetv2_ext.training.pretext_metrics import checkpoint_pretext_check
 
 OVERWRITE_ENV = "NNUNETV2_EXT_OVERWRITE"
 # nnUNetTrainer.__init__ assigns these as instance attributes; a subclass sets them as class attributes instead
@@ -75,6 +76,9 @@ class ExtTrainerBase(nnUNetTrainer):
         network.load_state_dict(state)
         self.transfer_report = report
         self.print_to_log_file(f"Pretrained weights from {fname}:\n{report.summary()}", add_timestamp=False)
+        learned = checkpoint_pretext_check(fname)  # was the pretext learned? (pretext runs of this package)
+        if learned is not None:
+            self.print_to_log_file(learned)
         if self.local_rank == 0:
             report.save(self.output_folder)
         return report

@@ -62,3 +62,19 @@ def report_pretext_metrics(trainer, metrics: Sequence[dict]) -> Optional[dict]:
     atomic_write_json(record, path, overwrite=True)
     return record
 
+
+
+def checkpoint_pretext_check(checkpoint: str | os.PathLike) -> Optional[str]:
+    """What ``pretext_metrics.json`` beside a checkpoint says of its pretext, as log lines for the run that uses it
+    (``None`` when there is no such file: not a pretext run of this package). Each metric that did not beat its
+    trivial baseline is named in a warning line."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), PRETEXT_METRICS_FILE)
+    if not os.path.isfile(path):
+        return None
+    record = load_json(path)
+    lines = [f"{record['trainer']} at epoch {record['epoch']}: {format_pretext_metrics(record['metrics'])}"]
+    missed = [m["name"] for m in record["metrics"] if not m["learned"]]
+    if missed:
+        lines.append(f"WARNING: this checkpoint's pretext did not beat its trivial baseline on "
+                     f"{', '.join(missed)} ({path}): its weights may be no better than a fresh initialisation")
+    return "\n".join(lines)

@@ -146,6 +146,23 @@ class nnUNetTrainerProxyVolumeFusion_cpu2d(_CPU2DPretrain, nnUNetTrainerVolumeFu
     """Volume Fusion pretraining stage, proxy CPU 2d schedule."""
 
 
+class nnUNetTrainerProxyMultiEncoderSSLFullTransfer_cpu2d(nnUNetTrainerProxyMultiEncoderSSL_cpu2d):
+    """Ablation: the fine-tuning protocol before issue 16 (whole network transferred, no warm-up)."""
+    transfer_scope = "all"
+    decoder_warmup_fraction = 0.0
+    encoder_warmup_fraction = 0.0
+
+
+class nnUNetTrainerProxyVolumeFusionSGD_cpu2d(nnUNetTrainerProxyVolumeFusion_cpu2d):
+    """Ablation: Volume Fusion under nnU-Net's optimiser (SGD lr 1e-2, momentum 0.99, poly decay) instead of
+    MIS-FM's Adam."""
+    initial_lr = 1e-2
+    weight_decay = 3e-5
+
+    def configure_optimizers(self):
+        return nnUNetTrainer.configure_optimizers(self)
+
+
 class nnUNetTrainerProxySwinProxies_cpu2d(_CPU2DPretrain, nnUNetTrainerSwinProxies):
     """Swin UNETR proxies on the multi-encoder, proxy CPU 2d schedule (2 of 30 epochs warm-up)."""
     warmup_epochs = 2

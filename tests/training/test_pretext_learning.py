@@ -215,3 +215,18 @@ def test_resumed_run_keeps_the_history_before_its_epoch(tmp_path, monkeypatch):
     trainer.current_epoch = 0  # a new run in the same folder (NNUNETV2_EXT_OVERWRITE=1) starts a new history
     report_pretext_metrics(trainer, [pretext_metric("PSNR (dB)", 5, 11, "mean", True)])
     assert len(json.loads(path.read_text())["history"]) == 1
+
+
+def test_a_checkpoint_is_checked_for_a_learned_pretext(tmp_path):
+    import json
+
+    from nnunetv2_ext.training.pretext_metrics import checkpoint_pretext_check, pretext_metric
+
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    assert checkpoint_pretext_check(checkpoint) is None  # not a pretext run
+    metrics = [pretext_metric("rotation accuracy", 0.6, 0.25, "chance", True),
+               pretext_metric("reconstruction L1", 0.3, 0.1, "identity", False)]
+    (tmp_path / "pretext_metrics.json").write_text(json.dumps({"trainer": "T", "epoch": 9, "metrics": metrics}))
+    text = checkpoint_pretext_check(checkpoint)
+    assert text.startswith("T at epoch 9: pretext metrics: rotation accuracy 0.6000 (chance 0.2500): learned")
+    assert "WARNING: this checkpoint's pretext did not beat its trivial baseline on reconstruction L1" in text
