@@ -81,7 +81,7 @@ def plot_training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(5 * len(CURVE_KEYS), 3.6))
+    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(5 * len(CURVE_KEYS), 4.4))
     titles = {"train_losses": "training loss (Dice + CE)", "val_losses": "validation loss",
               "mean_fg_dice": "pseudo-Dice (online validation)"}
     for ax, key in zip(axes, CURVE_KEYS):
@@ -92,8 +92,10 @@ def plot_training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], pa
         ax.set_title(titles[key])
         ax.set_xlabel("training steps" if iterations_per_epoch else "epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(3, max(1, len(names))), fontsize=8, frameon=False)
+    rows = (len(names) + 2) // 3
+    fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -38,11 +38,15 @@ def encoder_decoder_param_groups(network: nn.Module) -> List[Dict]:
     return [{"params": rest, "name": DECODER_GROUP}, {"params": encoder, "name": ENCODER_GROUP}]
 
 
-def warmup_epochs(num_epochs: int, fraction: float) -> int:
-    """``round(fraction * num_epochs)``, at least 1 when ``fraction > 0`` (so short schedules keep the phase)."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"a warm-up fraction must lie in [0, 1), got {fraction}")
-    return max(1, round(fraction * num_epochs)) if fraction > 0 else 0
+def warmup_epochs(num_epochs: int, decoder_fraction: float, encoder_fraction: float) -> Tuple[int, int]:
+    """(decoder, encoder) warm-up epochs: ``round(fraction * num_epochs)`` each, at least 1 when its fraction is > 0
+    (short schedules keep the phase), cut so that at least one epoch of poly decay is left (encoder warm-up first)."""
+    for fraction in (decoder_fraction, encoder_fraction):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"a warm-up fraction must lie in [0, 1), got {fraction}")
+    wd, we = (max(1, round(f * num_epochs)) if f > 0 else 0 for f in (decoder_fraction, encoder_fraction))
+    wd = min(wd, num_epochs - 1)
+    return wd, max(0, min(we, num_epochs - 1 - wd))
 
 
 class FineTuneWarmupLRScheduler(_LRScheduler):

@@ -108,11 +108,9 @@ class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
         groups = encoder_decoder_param_groups(self._plain_network())
         optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=self.momentum,
                                     nesterov=True)
-        scheduler = FineTuneWarmupLRScheduler(
-            optimizer, self.initial_lr, self.num_epochs,
-            decoder_warmup_epochs=warmup_epochs(self.num_epochs, self.decoder_warmup_fraction),
-            encoder_warmup_epochs=warmup_epochs(self.num_epochs, self.encoder_warmup_fraction),
-            exponent=self.poly_exponent)
+        decoder, encoder = warmup_epochs(self.num_epochs, self.decoder_warmup_fraction, self.encoder_warmup_fraction)
+        scheduler = FineTuneWarmupLRScheduler(optimizer, self.initial_lr, self.num_epochs, decoder_warmup_epochs=decoder,
+                                              encoder_warmup_epochs=encoder, exponent=self.poly_exponent)
         return optimizer, scheduler
 
     def on_train_epoch_start(self):

@@ -5,6 +5,7 @@ nnUNetTrainerMultiEncoderSSL fine-tuning with no -pretrained_weights (it finds s
 nnUNetv2_predict."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -15,8 +16,8 @@ UNLABELED_ID = 992
 PLANS = "nnUNetPlans_MultiEncoder"
 
 
-def _fold(example: NnUNetEnv, dataset: str, trainer: str, fold: str) -> Path:
-    return example.root / "results" / dataset / f"{trainer}__{PLANS}__3d_fullres" / f"fold_{fold}"
+def _fold(results: Path, dataset: str, trainer: str, fold: str) -> Path:
+    return results / dataset / f"{trainer}__{PLANS}__3d_fullres" / f"fold_{fold}"
 
 
 def _report(folder: Path) -> dict:
@@ -34,43 +35,47 @@ def test_two_stage_volume_fusion_then_ssl_fine_tuning(preprocessed_example: NnUN
     from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig
 
     example = preprocessed_example
+    # a results folder of its own: other tests' pretext runs of the shared example dataset would be found by the
+    # SSL trainer's convention search
+    results = tmp_path / "results"
+    run = functools.partial(example.run, env={"nnUNet_results": str(results)})
     ext, train = console_script("nnunetv2_ext"), console_script("nnUNetv2_train")
     scans = make_unlabeled_images(tmp_path / "ukb", n_cases=5, shape=(40, 40, 40), seed=1, modalities=("T1", "FLAIR"))
-    example.run(ext, "unlabeled-dataset", "--images", str(scans), "--modalities", "T1,FLAIR",
+    run(ext, "unlabeled-dataset", "--images", str(scans), "--modalities", "T1,FLAIR",
                 "--dataset-id", str(UNLABELED_ID), "--name", "UKB")
-    example.run(console_script("nnUNetv2_plan_and_preprocess"), "-d", str(UNLABELED_ID), "-c", "3d_fullres",
+    run(console_script("nnUNetv2_plan_and_preprocess"), "-d", str(UNLABELED_ID), "-c", "3d_fullres",
                 "-np", "1", "-npfp", "1")
-    example.run(ext, "plans", str(UNLABELED_ID))
+    run(ext, "plans", str(UNLABELED_ID))
 
     # stage 1: healthy cohort, 2 modalities
-    example.run(train, str(UNLABELED_ID), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug", "-p", PLANS,
+    run(train, str(UNLABELED_ID), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug", "-p", PLANS,
                 "-device", "cpu")
-    stage1 = _fold(example, f"Dataset{UNLABELED_ID}_UKB", "nnUNetTrainerVolumeFusion_debug", "all")
+    stage1 = _fold(results, f"Dataset{UNLABELED_ID}_UKB", "nnUNetTrainerVolumeFusion_debug", "all")
     assert (stage1 / "checkpoint_final.pth").is_file() and (stage1 / "volume_fusion_sample.png").is_file()
     log = next(stage1.glob("training_log_*.txt")).read_text()
     assert len(re.findall(r"Pseudo dice \[(.*)\]", log)[-1].split(",")) == VolumeFusionConfig().k
 
     # no -pretrained_weights and no pretext run of the target dataset yet (stage 1 is another dataset's): the SSL
     # trainer refuses to start and says what to run
-    proc = example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+    proc = run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
                        "-p", PLANS, "-device", "cpu", check=False)
     assert proc.returncode != 0 and "pass -pretrained_weights" in proc.stderr
     pretrain = f"nnUNetv2_train {example.dataset_name} 3d_fullres all -tr nnUNetTrainerVolumeFusion -p {PLANS}"
     assert pretrain in proc.stderr
 
     # stage 2: the target dataset's images, 4 modalities: T1 and FLAIR encoders pretrained, T1Gd and T2 new
-    example.run(train, str(example.dataset_id), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug",
+    run(train, str(example.dataset_id), "3d_fullres", "all", "-tr", "nnUNetTrainerVolumeFusion_debug",
                 "-p", PLANS, "-device", "cpu", "-pretrained_weights", str(stage1 / "checkpoint_final.pth"))
-    stage2 = _fold(example, example.dataset_name, "nnUNetTrainerVolumeFusion_debug", "all")
+    stage2 = _fold(results, example.dataset_name, "nnUNetTrainerVolumeFusion_debug", "all")
     report = _report(stage2)
     assert [report["by_key"][_first_conv(i)]["action"] for i in range(4)] == ["loaded", "new", "new", "loaded"]
     assert report["counts"]["loaded"] > report["counts"]["new"]
 
     # fine-tune with nnU-Net's literal command, no -pretrained_weights: stage 2 is the target dataset's only pretext
     # run with these plans and configuration; every encoder and the decoder pretrained, the segmentation heads fresh
-    example.run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+    run(train, str(example.dataset_id), "3d_fullres", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
                 "-p", PLANS, "-device", "cpu")
-    fine_tuned = _fold(example, example.dataset_name, "nnUNetTrainerMultiEncoderSSL_debug", "0")
+    fine_tuned = _fold(results, example.dataset_name, "nnUNetTrainerMultiEncoderSSL_debug", "0")
     report = _report(fine_tuned)
     assert all(report["by_key"][_first_conv(i)]["action"] == "loaded" for i in range(4))
     assert all(e["action"] == "new" for k, e in report["by_key"].items() if ".seg_layers." in k)
@@ -80,7 +85,7 @@ def test_two_stage_volume_fusion_then_ssl_fine_tuning(preprocessed_example: NnUN
     assert f"Pretrained weights from {stage2 / 'checkpoint_final.pth'}" in logs
 
     pred = tmp_path / "pred"
-    example.run(console_script("nnUNetv2_predict"), "-i", str(example.raw / "imagesTs"), "-o", str(pred),
+    run(console_script("nnUNetv2_predict"), "-i", str(example.raw / "imagesTs"), "-o", str(pred),
                 "-d", str(example.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
                 "-p", PLANS, "-device", "cpu", "-npp", "1", "-nps", "1")
     assert_valid_predictions(pred, example.raw / "imagesTs")

@@ -84,8 +84,8 @@ def _fine_tune(pretrained, scope: str, decoder_warmup: float, encoder_warmup: fl
     optimizer = torch.optim.SGD(encoder_decoder_param_groups(net), SSL.initial_lr, momentum=SSL.momentum,
                                 nesterov=True, weight_decay=SSL.weight_decay)
     scheduler = FineTuneWarmupLRScheduler(optimizer, SSL.initial_lr, FINE_TUNE_STEPS,
-                                          warmup_epochs(FINE_TUNE_STEPS, decoder_warmup),
-                                          warmup_epochs(FINE_TUNE_STEPS, encoder_warmup), SSL.poly_exponent)
+                                          *warmup_epochs(FINE_TUNE_STEPS, decoder_warmup, encoder_warmup),
+                                          exponent=SSL.poly_exponent)
     g = torch.Generator().manual_seed(3)
     for step in range(FINE_TUNE_STEPS):
         scheduler.step(step)
@@ -101,16 +101,21 @@ def _fine_tune(pretrained, scope: str, decoder_warmup: float, encoder_warmup: fl
     return float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
 
 
-def test_default_protocol_is_not_worse_than_scratch(collapsed_vf_checkpoint):
-    scratch = _fine_tune(None, "all", 0.0, 0.0)
+@pytest.fixture(scope="module")
+def scratch_dice(collapsed_vf_checkpoint):
+    return _fine_tune(None, "all", 0.0, 0.0)
+
+
+def test_default_protocol_is_not_worse_than_scratch(collapsed_vf_checkpoint, scratch_dice):
+    scratch = scratch_dice
     default = _fine_tune(collapsed_vf_checkpoint, SSL.transfer_scope, SSL.decoder_warmup_fraction,
                          SSL.encoder_warmup_fraction)
     assert scratch > 0.6, scratch  # the task is learnable in the budget
     assert default >= scratch - 0.03, (default, scratch)
 
 
-def test_the_check_sees_the_old_protocol(collapsed_vf_checkpoint):
+def test_the_check_sees_the_old_protocol(collapsed_vf_checkpoint, scratch_dice):
     """The old protocol (whole network transferred, no warm-up) is what the test above must catch."""
-    scratch = _fine_tune(None, "all", 0.0, 0.0)
+    scratch = scratch_dice
     old = _fine_tune(collapsed_vf_checkpoint, "all", 0.0, 0.0)
     assert old < scratch - 0.03, (old, scratch)

@@ -70,9 +70,12 @@ def test_frozen_encoder_does_not_move_but_gets_gradients():
 
 
 def test_warmup_epochs_and_bad_arguments():
-    assert warmup_epochs(500, 0.05) == 25 and warmup_epochs(10, 0.05) == 1 and warmup_epochs(10, 0) == 0
+    assert warmup_epochs(500, 0.05, 0.05) == (25, 25) and warmup_epochs(10, 0.05, 0) == (1, 0)
+    assert warmup_epochs(3, 0.05, 0.05) == (1, 1)
+    assert warmup_epochs(2, 0.05, 0.05) == (1, 0)  # one epoch of poly decay is always left
+    assert warmup_epochs(1, 0.05, 0.05) == (0, 0)
     with pytest.raises(ValueError, match="lie in"):
-        warmup_epochs(10, 1.5)
+        warmup_epochs(10, 1.5, 0)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)
     with pytest.raises(ValueError, match="shorter than the training"):
         FineTuneWarmupLRScheduler(optimizer, 0.1, 4, 2, 2)
