@@ -17,7 +17,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_ext.planning.backbones import backbone_architecture
-from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
 
@@ -43,9 +43,9 @@ def derive_backbone_configuration(plans: dict, configuration: str, backbone: str
 
 
 class SquaredSoftDiceLoss(nn.Module):
-    """Soft Dice with squared denominator (seed 000 sec. 4.2.1; Milletari et al. 2016) on nnU-Net's targets: MONAI's
-    ``DiceLoss(squared_pred=True)``, with sigmoid for region masks (nnU-Net passes them as booleans) and softmax with
-    one-hot labels for label maps."""
+    """Soft Dice with squared denominator (Taheri Otaghsara et al. 2025, Multi-encoder nnU-Net, sec. 4.2.1; Milletari
+    et al. 2016) on nnU-Net's targets: MONAI's ``DiceLoss(squared_pred=True)``, with sigmoid for region masks (nnU-Net
+    passes them as booleans) and softmax with one-hot labels for label maps."""
 
     def __init__(self, regions: bool, include_background: bool, smooth_nr: float, smooth_dr: float):
         super().__init__()
@@ -129,22 +129,22 @@ class AdamWCosineMixin(ExtTrainerBase):
 
 
 class nnUNetTrainerSwinUNETR(AdamWCosineMixin, nnUNetTrainerBackbone):
-    """Swin UNETR as in seed 000 sec. 4.2.1: AdamW, cosine annealing, 500 epochs, soft Dice loss; patch 96^3 and batch
-    size 4 come from the plans (``SWIN_UNETR_SEED000_PRESET`` in ``nnunetv2_ext.planning.backbones``), any other
-    plans work with the patch rounded to multiples of 32.
+    """Swin UNETR as in Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) sec. 4.2.1: AdamW, cosine annealing, 500
+    epochs, soft Dice loss; patch 96^3 and batch size 4 come from the plans (``SWIN_UNETR_SEED000_PRESET`` in
+    ``nnunetv2_ext.planning.backbones``), any other plans work with the patch rounded to multiples of 32.
 
-    The seed gives no learning rate or weight decay ("AdamW with weight decay"): 1e-4 and 1e-5 are those of the Swin
+    The paper gives no learning rate or weight decay ("AdamW with weight decay"): 1e-4 and 1e-5 are those of the Swin
     UNETR BraTS 2021 reference code (Project-MONAI/research-contributions, SwinUNETR/BRATS21/main.py: ``optim_lr``,
-    ``reg_weight``). The loss is the seed's soft Dice with squared denominator (Milletari et al. 2016),
+    ``reg_weight``). The loss is the paper's soft Dice with squared denominator (Milletari et al. 2016),
     ``1 - 2/J sum_j sum_i G_ij Y_ij / (sum_i G_ij^2 + sum_i Y_ij^2)``: MONAI's ``DiceLoss(squared_pred=True)`` with
     the reference's smoothing (0 in the numerator, 1e-6 in the denominator), sigmoid per region for region-based
     datasets (BraTS: WT, TC, ET, all J of them), softmax over classes otherwise (without background unless
     ``dice_include_background``). nnU-Net's ``MemoryEfficientSoftDiceLoss`` has no squared denominator, hence MONAI's.
     """
     backbone = "swin_unetr"
-    initial_lr = 1e-4          # research-contributions SwinUNETR/BRATS21 (the seed: "AdamW with weight decay")
+    initial_lr = 1e-4          # research-contributions SwinUNETR/BRATS21 (the paper: "AdamW with weight decay")
     weight_decay = 1e-5        # idem
-    num_epochs = 500           # seed 000 sec. 4.2.1
+    num_epochs = 500           # Taheri Otaghsara et al. 2025 sec. 4.2.1
     dice_smooth_nr = 0.0       # research-contributions SwinUNETR/BRATS21 --squared_dice
     dice_smooth_dr = 1e-6
     dice_include_background = False  # label-based datasets only; regions always count every region
@@ -154,8 +154,9 @@ class nnUNetTrainerSwinUNETR(AdamWCosineMixin, nnUNetTrainerBackbone):
             raise ValueError(f"{self.__class__.__name__}'s soft Dice loss is for a network with one output; the "
                              f"plans' network has deep supervision")
         if self.label_manager.ignore_label is not None:
-            raise ValueError(f"{self.__class__.__name__}: the soft Dice loss of seed 000 has no ignore label, the "
-                             f"dataset has one ({self.label_manager.ignore_label}); use nnUNetTrainerBackbone")
+            raise ValueError(f"{self.__class__.__name__}: the soft Dice loss of Taheri Otaghsara et al. 2025 has no "
+                             f"ignore label, the dataset has one ({self.label_manager.ignore_label}); use "
+                             f"nnUNetTrainerBackbone")
         regions = self.label_manager.has_regions
         return SquaredSoftDiceLoss(regions, include_background=regions or self.dice_include_background,
                                    smooth_nr=self.dice_smooth_nr, smooth_dr=self.dice_smooth_dr)
@@ -165,75 +166,69 @@ class nnUNetTrainerUNETR(AdamWCosineMixin, nnUNetTrainerBackbone):
     """UNETR with the optimiser of its paper (Hatamizadeh et al., WACV 2022, sec. 4.2: AdamW, learning rate 1e-4) and
     its Dice + cross-entropy loss (nnU-Net's, eq. 4 of the paper); weight decay 1e-5 as the authors' code
     (research-contributions UNETR/BTCV main.py ``reg_weight``; its cosine schedule starts with a 50-epoch linear
-    warm-up, left out here as for Swin UNETR, whose seed says "Cosine Annealing"). The seed gives no UNETR settings:
-    nnU-Net's 1000 epochs. UNETR has no deep supervision; its ``img_size`` is the (rounded) patch."""
+    warm-up, left out here as for Swin UNETR, for which Taheri Otaghsara et al. 2025 say "Cosine Annealing"). That
+    paper gives no UNETR settings: nnU-Net's 1000 epochs. UNETR has no deep supervision; its ``img_size`` is the
+    (rounded) patch."""
     backbone = "unetr"
     initial_lr = 1e-4
     weight_decay = 1e-5
 
 
 class nnUNetTrainerSegResNet(nnUNetTrainerBackbone):
-    """SegResNet (seed 000 sec. 4.5; Myronenko 2018) with deep supervision through MONAI's SegResNetDS. The seed
-    gives no SegResNet training settings, so nnU-Net's schedule and loss (SGD 1e-2, polynomial decay, 1000 epochs,
-    Dice + CE) are kept."""
+    """SegResNet (Taheri Otaghsara et al. 2025, Multi-encoder nnU-Net, sec. 4.5; Myronenko 2018) with deep supervision
+    through MONAI's SegResNetDS. The paper gives no SegResNet training settings, so nnU-Net's schedule and loss (SGD
+    1e-2, polynomial decay, 1000 epochs, Dice + CE) are kept."""
     backbone = "segresnet"
 
 
 class nnUNetTrainerPCTNet(nnUNetTrainerBackbone):
-    """PCT-Net (seed 003 sec. 3.1.4) with deep supervision and nnU-Net's schedule and loss (the seed trains it with
-    Dice + CE as nnU-Net does; its other settings are the authors' framework's, not nnU-Net's)."""
+    """PCT-Net (Wang et al. 2023, MIS-FM, sec. 3.1.4) with deep supervision and nnU-Net's schedule and loss (the
+    paper trains it with Dice + CE as nnU-Net does; its other settings are the authors' framework's, not nnU-Net's)."""
     backbone = "pctnet"
 
 
 class nnUNetTrainerTransBTS(nnUNetTrainerBackbone):
-    """TransBTS (Wang et al., MICCAI 2021; seed 000 sec. 4.4) with deep supervision and nnU-Net's schedule and loss;
-    the plans' patch fixes its position embedding."""
+    """TransBTS (Wang et al., MICCAI 2021; Taheri Otaghsara et al. 2025 sec. 4.4) with deep supervision and nnU-Net's
+    schedule and loss; the plans' patch fixes its position embedding."""
     backbone = "transbts"
 
 
 class nnUNetTrainerVolumeFusionBackbone(BackboneMixin, nnUNetTrainerVolumeFusion):
-    """Volume Fusion pretraining (seed 003) for any backbone plans (``-p nnUNetPlans_SwinUNETR``, ...): deep
-    supervision off where the network has none. Fine-tune with the backbone's trainer and ``-pretrained_weights``."""
+    """Volume Fusion pretraining (Wang et al. 2023, MIS-FM) for any backbone plans (``-p nnUNetPlans_SwinUNETR``,
+    ...): deep supervision off where the network has none. Fine-tune with the backbone's trainer and
+    ``-pretrained_weights``."""
 
 
-class _Debug(NoMirroringMixin):
-    """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and CPU examples."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1
-
-
-class nnUNetTrainerBackbone_debug(_Debug, nnUNetTrainerBackbone):
+class nnUNetTrainerBackbone_debug(DebugScheduleMixin, nnUNetTrainerBackbone):
     pass
 
 
-class nnUNetTrainerSwinUNETR_debug(_Debug, nnUNetTrainerSwinUNETR):
+class nnUNetTrainerSwinUNETR_debug(DebugScheduleMixin, nnUNetTrainerSwinUNETR):
     """Also a tiny Swin UNETR: feature size 12, one block per stage, 4^3 windows (7^3 windows pad the small feature
     maps of a debug patch, and attention then costs more than the rest of the network)."""
     backbone_options = {"feature_size": 12, "depths": [1, 1, 1, 1], "window_size": 4}
 
 
-class nnUNetTrainerUNETR_debug(_Debug, nnUNetTrainerUNETR):
+class nnUNetTrainerUNETR_debug(DebugScheduleMixin, nnUNetTrainerUNETR):
     """Also a tiny ViT (width 48, 4 heads, MLP 96) and feature size 8."""
     backbone_options = {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4}
 
 
-class nnUNetTrainerSegResNet_debug(_Debug, nnUNetTrainerSegResNet):
+class nnUNetTrainerSegResNet_debug(DebugScheduleMixin, nnUNetTrainerSegResNet):
     """Also 8 initial filters."""
     backbone_options = {"init_filters": 8}
 
 
-class nnUNetTrainerVolumeFusionBackbone_debug(_Debug, nnUNetTrainerVolumeFusionBackbone):
+class nnUNetTrainerVolumeFusionBackbone_debug(DebugScheduleMixin, nnUNetTrainerVolumeFusionBackbone):
     pass
 
 
-class nnUNetTrainerPCTNet_debug(_Debug, nnUNetTrainerPCTNet):
+class nnUNetTrainerPCTNet_debug(DebugScheduleMixin, nnUNetTrainerPCTNet):
     """Also narrow: channels 8, 8, 16, 16, 32, 2 heads per level, 2^3 windows."""
     backbone_options = {"features_per_stage": [8, 8, 16, 16, 32], "num_heads": [2, 2, 2], "window_size": 2}
 
 
-class nnUNetTrainerTransBTS_debug(_Debug, nnUNetTrainerTransBTS):
+class nnUNetTrainerTransBTS_debug(DebugScheduleMixin, nnUNetTrainerTransBTS):
     """Also narrow: widths 8..64, a 64-wide transformer of 1 layer."""
     backbone_options = {"features_per_stage": [8, 16, 32, 64], "embedding_dim": 64, "num_layers": 1, "num_heads": 2,
                         "mlp_dim": 128}

@@ -1,9 +1,11 @@
-"""What every trainer of this package shares: hyper-parameters as class attributes and atomic checkpoints."""
+"""What every trainer of this package shares: hyper-parameters as class attributes, nnU-Net's optimiser built from
+them, atomic checkpoints, and the short schedule of the ``_debug`` variants."""
 from __future__ import annotations
 
 import os
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.training import pretrained
@@ -19,7 +21,8 @@ class ExtTrainerBase(nnUNetTrainer):
     """Base of this package's trainers.
 
     - Hyper-parameters are class attributes (one-line variants, nnU-Net style): any of ``HYPERPARAMETERS`` defined
-      on a subclass overrides nnUNetTrainer's default.
+      on a subclass overrides nnUNetTrainer's default; so do ``momentum`` and ``poly_exponent``, which
+      ``configure_optimizers`` (nnU-Net's SGD with Nesterov momentum and polynomial lr decay) reads.
     - Checkpoints are written to ``<name>.partial`` and renamed into place, so a crash or a full disk during the
       write never destroys the previous checkpoint (nnU-Net writes in place). Only rank 0 writes, as in nnU-Net.
     - Starting a run in a fold folder that already holds a checkpoint is refused unless continuing it (``--c``).
@@ -27,7 +30,10 @@ class ExtTrainerBase(nnUNetTrainer):
       convolutions adapted to new channel counts, segmentation heads fresh) and the report is printed and saved as
       ``transfer_report.json`` / ``.txt`` in the fold's output folder.
     """
-    new_modality_init = "kaiming"  # new input channels: He init (seed 001 sec. 2.4.1), or "mean" of pretrained ones
+    momentum = 0.99                # SGD momentum (nnU-Net's)
+    poly_exponent = 0.9            # exponent of the polynomial lr decay (nnU-Net's)
+    # new input channels: He init (Cox et al. 2024, BrainSegFounder, sec. 2.4.1), or "mean" of the pretrained ones
+    new_modality_init = "kaiming"
     pretrained_format = None       # -pretrained_weights format: None detects it (nnunetv2_ext.transfer.formats)
     # what -pretrained_weights transfers (nnunetv2_ext.transfer.fresh_keys_for_scope): "all" (encoders and decoder,
     # the segmentation heads fresh) or "encoder"; the decoder's last stages or its normalisation can be kept fresh
@@ -50,6 +56,14 @@ class ExtTrainerBase(nnUNetTrainer):
         if not self.was_initialized:
             super().initialize()
             pretrained.register(self.network, self)
+
+    def configure_optimizers(self):
+        """nnU-Net's optimiser and schedule (nnUNetTrainer.configure_optimizers) with ``momentum`` and
+        ``poly_exponent`` read from the class: SGD with Nesterov momentum, polynomial decay over ``num_epochs``."""
+        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=self.momentum, nesterov=True)
+        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=self.poly_exponent)
+        return optimizer, lr_scheduler
 
     def _plain_network(self) -> torch.nn.Module:
         net = self.network.module if self.is_ddp else self.network
@@ -119,3 +133,13 @@ class NoMirroringMixin(nnUNetTrainer):
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
+
+
+class DebugScheduleMixin(NoMirroringMixin):
+    """The ``_debug`` variants' schedule: 3 epochs of 4 iterations, 2 validation iterations, a checkpoint every
+    epoch, no mirroring (augmentation or test time): smoke tests, dry runs and CPU examples. Put it first:
+    ``class nnUNetTrainerX_debug(DebugScheduleMixin, nnUNetTrainerX)``."""
+    num_epochs = 3
+    num_iterations_per_epoch = 4
+    num_val_iterations_per_epoch = 2
+    save_every = 1

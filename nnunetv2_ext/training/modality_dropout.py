@@ -1,13 +1,14 @@
 """Modality dropout for the multi-encoder: train so that any non-empty subset of modalities can be segmented.
 
-Beyond the seeds (they train and test with all four BraTS modalities). Whole modalities are dropped at random during
-training, as in ModDrop (Neverova et al., "ModDrop: adaptive multi-modal gesture recognition", TPAMI 2016) and the
-random subsets of HeMIS (Havaei et al., "HeMIS: Hetero-Modal Image Segmentation", MICCAI 2016): with probability
-``p`` a sample sees a subset drawn uniformly from the ``2**n - 2`` non-empty proper subsets of its ``n`` encoders
-(HeMIS' per-modality coin flips at 1/2, conditioned on keeping at least one and dropping at least one), otherwise
-all of them. A dropped encoder's input channels are zeroed and its features are multiplied by zero before fusion
-(``MultiEncoder.forward(x, present)``), so it stays in the graph (DDP needs a gradient, here zero, for every
-parameter). Validation uses every modality. ``nnunetv2_ext.inference.subset_predict`` predicts from a subset.
+Beyond the papers this package implements (they train and test with all four BraTS modalities). Whole modalities are
+dropped at random during training, as in ModDrop (Neverova et al., "ModDrop: adaptive multi-modal gesture
+recognition", TPAMI 2016) and the random subsets of HeMIS (Havaei et al., "HeMIS: Hetero-Modal Image Segmentation",
+MICCAI 2016): with probability ``p`` a sample sees a subset drawn uniformly from the ``2**n - 2`` non-empty proper
+subsets of its ``n`` encoders (HeMIS' per-modality coin flips at 1/2, conditioned on keeping at least one and
+dropping at least one), otherwise all of them. A dropped encoder's input channels are zeroed and its features are
+multiplied by zero before fusion (``MultiEncoder.forward(x, present)``), so it stays in the graph (DDP needs a
+gradient, here zero, for every parameter). Validation uses every modality. ``nnunetv2_ext.inference.subset_predict``
+predicts from a subset.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from nnunetv2_ext.training.base import NoMirroringMixin
+from nnunetv2_ext.training.base import DebugScheduleMixin
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder
 
 MAX_ENCODERS = 62  # subsets are drawn as bit patterns of an int64
@@ -58,7 +59,7 @@ class nnUNetTrainerMultiEncoderModalityDropout(nnUNetTrainerMultiEncoder):
     features masked out of the fusion. The masks come from a generator seeded with ``modality_dropout_seed`` plus the
     DDP rank, so ranks draw different masks. Validation and the final validation use every modality.
     """
-    modality_dropout_p = 0.5    # beyond the seeds: probability that a sample trains with a subset
+    modality_dropout_p = 0.5    # beyond the papers: probability that a sample trains with a subset
     modality_dropout_seed = 0   # per-rank generator seed of the masks (seed + rank)
 
     _dropout_generator: Optional[torch.Generator] = None
@@ -87,9 +88,5 @@ class nnUNetTrainerMultiEncoderModalityDropout(nnUNetTrainerMultiEncoder):
             return super().train_step({**batch, "data": data})
 
 
-class nnUNetTrainerMultiEncoderModalityDropout_debug(NoMirroringMixin, nnUNetTrainerMultiEncoderModalityDropout):
+class nnUNetTrainerMultiEncoderModalityDropout_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoderModalityDropout):
     """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and CPU examples."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1

@@ -1,14 +1,13 @@
-"""nnU-Net trainers for the multi-encoder U-Net (seed 000, section 4.1.1)."""
+"""nnU-Net trainers for the multi-encoder U-Net (Taheri Otaghsara et al. 2025, Multi-encoder nnU-Net, section 4.1.1)."""
 from __future__ import annotations
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, modality_names, multi_encoder_architecture
-from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 
 
 def build_multi_encoder(configuration_manager: ConfigurationManager, num_input_channels: int,
@@ -26,17 +25,19 @@ def build_multi_encoder(configuration_manager: ConfigurationManager, num_input_c
 
 
 class nnUNetTrainerMultiEncoder(ExtTrainerBase):
-    """Multi-encoder nnU-Net with the schedule of seed 000 section 4.1.1: SGD lr 1e-2, momentum 0.95, weight decay
-    3e-5, polynomial decay with exponent 0.9, 500 epochs; loss Dice + CE (nnU-Net's, eq. (1) with l1 = l2 = 1).
+    """Multi-encoder nnU-Net with the schedule of Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) section 4.1.1:
+    SGD lr 1e-2, momentum 0.95, weight decay 3e-5, polynomial decay with exponent 0.9, 500 epochs (the class
+    attributes below, read by ``ExtTrainerBase.configure_optimizers``); loss Dice + CE (nnU-Net's, eq. (1) with
+    l1 = l2 = 1).
 
     Works with plans written by ``nnunetv2_ext plans DATASET --arch multi_encoder`` and with nnU-Net's own
     ``nnUNetPlans`` (the multi-encoder is then derived from the planned U-Net).
     """
-    initial_lr = 1e-2          # seed 000 sec. 4.1.1, eta_0
-    weight_decay = 3e-5        # seed 000 sec. 4.1.1
-    momentum = 0.95            # seed 000 sec. 4.1.1 (nnU-Net: 0.99)
-    num_epochs = 500           # seed 000 sec. 4.1.1 (nnU-Net: 1000)
-    poly_exponent = 0.9        # seed 000 eq. (2)
+    initial_lr = 1e-2          # Taheri Otaghsara et al. 2025 sec. 4.1.1, eta_0
+    weight_decay = 3e-5        # Taheri Otaghsara et al. 2025 sec. 4.1.1
+    momentum = 0.95            # Taheri Otaghsara et al. 2025 sec. 4.1.1 (nnU-Net: 0.99)
+    num_epochs = 500           # Taheri Otaghsara et al. 2025 sec. 4.1.1 (nnU-Net: 1000)
+    poly_exponent = 0.9        # Taheri Otaghsara et al. 2025 eq. (2)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -58,26 +59,16 @@ class nnUNetTrainerMultiEncoder(ExtTrainerBase):
             super().initialize()
             self.print_to_log_file(f"Multi-encoder: {self._plain_network().describe()}")
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=self.momentum, nesterov=True)
-        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=self.poly_exponent)
-        return optimizer, lr_scheduler
 
-
-class nnUNetTrainerMultiEncoder_debug(NoMirroringMixin, nnUNetTrainerMultiEncoder):
+class nnUNetTrainerMultiEncoder_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoder):
     """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and the CPU quickstart."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1
 
 
 class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
-    """The multi-encoder fine-tuned from self-supervised weights (seed 000 sec. 4.3): the same schedule as
-    ``nnUNetTrainerMultiEncoder``, but it never silently trains from scratch. Without ``-pretrained_weights`` (and
-    not continuing a run with ``--c``) it takes the checkpoint recorded with ``nnunetv2_ext weights use``, else the
-    one pretext-trainer run of the same dataset, plans and configuration
+    """The multi-encoder fine-tuned from self-supervised weights (Taheri Otaghsara et al. 2025 sec. 4.3): the same
+    schedule as ``nnUNetTrainerMultiEncoder``, but it never silently trains from scratch. Without
+    ``-pretrained_weights`` (and not continuing a run with ``--c``) it takes the checkpoint recorded with
+    ``nnunetv2_ext weights use``, else the one pretext-trainer run of the same dataset, plans and configuration
     (``nnunetv2_ext.training.pretraining_lookup``), says in the training log which, and refuses to start when there
     is none or several. The transfer report is saved in the fold folder (``transfer_report.json`` / ``.txt``).
 
@@ -95,7 +86,7 @@ class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
       lr ramps up linearly over ``encoder_warmup_fraction`` of the epochs; then nnU-Net's poly decay for all. Both
       5 %: nnU-Net's fine-tuning of self-supervised checkpoints warms up the decoder for 50 and then the whole
       network for 50 of 1000 epochs (Wald et al., "An OpenMind for 3D medical vision self-supervised learning",
-      2025, arXiv:2412.17041; MIC-DKFZ/nnssl). Set both to 0 for the plain seed 000 schedule.
+      2025, arXiv:2412.17041; MIC-DKFZ/nnssl). Set both to 0 for the plain schedule of Taheri Otaghsara et al. 2025.
     """
     transfer_scope = "encoder"
     decoder_warmup_fraction = 0.05   # of num_epochs: encoders held, decoder lr ramps up
@@ -134,9 +125,5 @@ class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
         super().on_train_start()
 
 
-class nnUNetTrainerMultiEncoderSSL_debug(NoMirroringMixin, nnUNetTrainerMultiEncoderSSL):
+class nnUNetTrainerMultiEncoderSSL_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoderSSL):
     """3 short epochs: smoke tests and CPU examples."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1

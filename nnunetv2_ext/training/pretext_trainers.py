@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import _LRScheduler
 from nnunetv2_ext.pretext import swin_proxies as sp
 from nnunetv2_ext.pretext.cross_modality import (SSIM_WIN_SIZE, mean_intensity_psnr, psnr, resolve_channels,
                                                  split_modalities, ssim3d)
-from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase, NoMirroringMixin
 from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
 
 
@@ -205,7 +205,7 @@ class SwinProxiesLoss(nn.Module):
 
 
 class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
-    """Swin UNETR self-supervision (Tang et al. 2022; seed 001 sec. 2.3) on the plans' U-Net.
+    """Swin UNETR self-supervision (Tang et al. 2022; Cox et al. 2024, BrainSegFounder, sec. 2.3) on the plans' U-Net.
 
     Each batch becomes two views per sample (rotated by k x 90 deg over the last two axes and box-masked,
     ``nnunetv2_ext.pretext.swin_proxies.two_views``), fed as one batch of 2B. The decoder reconstructs the rotated,
@@ -334,12 +334,8 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
                                "see the losses and the rotation accuracy ('Pseudo dice') in the log and progress.png")
 
 
-class nnUNetTrainerSwinProxies_debug(nnUNetTrainerSwinProxies):
+class nnUNetTrainerSwinProxies_debug(DebugScheduleMixin, nnUNetTrainerSwinProxies):
     """3 epochs of 4 iterations (1 warm-up epoch), no mirroring: smoke tests and CPU examples."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1
     warmup_epochs = 1
 
 
@@ -348,22 +344,23 @@ class nnUNetTrainerSwinProxies_debug(nnUNetTrainerSwinProxies):
 
 
 class nnUNetTrainerCrossModality(ExtTrainerBase):
-    """Cross-modality prediction (seed 002 sec. 3.1): the plans' network predicts ``target_modalities`` (FLAIR) from
-    ``input_modalities`` (T1, T1Gd) with an MSE loss; Adam, lr 1e-4 (seed 002 sec. 4.2) with nnU-Net's polynomial
-    decay (the seed's StepLR halves the lr every 10 data epochs, which nnU-Net's 250-iteration epochs do not map to).
+    """Cross-modality prediction (Umesh Kalyanappa 2025 sec. 3.1): the plans' network predicts ``target_modalities``
+    (FLAIR) from ``input_modalities`` (T1, T1Gd) with an MSE loss; Adam, lr 1e-4 (Umesh Kalyanappa 2025 sec. 4.2)
+    with nnU-Net's polynomial decay (the thesis' StepLR halves the lr every 10 data epochs, which nnU-Net's
+    250-iteration epochs do not map to).
 
     The input keeps every channel, those outside ``input_modalities`` zeroed (``split_modalities(mode="zero")``), so a
     multi-encoder keeps one encoder per modality and the checkpoint maps onto the fine-tuning network by name.
     Modalities are resolved against dataset.json ``channel_names`` (a ``ValueError`` lists the available ones).
-    Validation logs MSE (the validation loss), PSNR and SSIM (seed 002 sec. 4.3.1; data range = each target's range);
-    SSIM fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is the best SSIM). The pretext
-    metric (log line and ``pretext_metrics.json``) is the PSNR against that of predicting each target image's own mean
-    intensity.
+    Validation logs MSE (the validation loss), PSNR and SSIM (Umesh Kalyanappa 2025 sec. 4.3.1; data range = each
+    target's range); SSIM fills nnU-Net's "pseudo dice" slot (log and progress.png; the "best" checkpoint is the best
+    SSIM). The pretext metric (log line and ``pretext_metrics.json``) is the PSNR against that of predicting each
+    target image's own mean intensity.
     """
-    input_modalities = ("T1", "T1Gd")    # seed 002 sec. 3.1
-    target_modalities = ("FLAIR",)       # seed 002 sec. 3.1
-    initial_lr = 1e-4                    # seed 002 sec. 4.2, Adam
-    weight_decay = 0.0                   # seed 002 names none
+    input_modalities = ("T1", "T1Gd")    # Umesh Kalyanappa 2025 sec. 3.1
+    target_modalities = ("FLAIR",)       # Umesh Kalyanappa 2025 sec. 3.1
+    initial_lr = 1e-4                    # Umesh Kalyanappa 2025 sec. 4.2, Adam
+    weight_decay = 0.0                   # Umesh Kalyanappa 2025 names none
     oversample_foreground_percent = 0.0  # the pretext has no foreground class to oversample
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -394,7 +391,7 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=self.poly_exponent)
 
     def _pretext_batch(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -434,9 +431,5 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
                                "see MSE, PSNR and SSIM ('Pseudo dice') in the log and progress.png")
 
 
-class nnUNetTrainerCrossModality_debug(NoMirroringMixin, nnUNetTrainerCrossModality):
+class nnUNetTrainerCrossModality_debug(DebugScheduleMixin, nnUNetTrainerCrossModality):
     """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1

@@ -7,8 +7,8 @@
    -c CONFIG``, kept in ``$nnUNet_results/<Dataset>/nnunetv2_ext_pretraining.json`` (nnU-Net's plans stay nnU-Net's);
 3. by convention, the ``checkpoint_final.pth`` of a pretext-trainer run of that same dataset, plans and configuration:
    ``$nnUNet_results/<Dataset>/<Trainer>__<PLANS>__<CONFIG>/fold_<f>/checkpoint_final.pth``, i.e. stage 2 of the
-   two-stage pretraining (seed 000 sec. 4.3). A trainer is a pretext trainer if this package's trainer of that name
-   is a subclass of ``PRETEXT_TRAINERS``; folders of other or unknown trainers are never taken.
+   two-stage pretraining (Taheri Otaghsara et al. 2025 sec. 4.3). A trainer is a pretext trainer if this package's
+   trainer of that name is a subclass of ``PRETEXT_TRAINERS``; folders of other or unknown trainers are never taken.
 
 Exactly one candidate is taken; none or several is a refusal that says what to run or how to choose. The lookup
 only reads the file system and is deterministic (sorted), so every DDP rank takes the same file.

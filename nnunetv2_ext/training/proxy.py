@@ -13,6 +13,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_ext.training.base import ExtTrainerBase
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoderSSL
 from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerSwinProxies
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
@@ -82,7 +83,7 @@ class nnUNetTrainerProxyVanilla_gpu(_GPUFineTune, nnUNetTrainerVanilla):
 
 
 class nnUNetTrainerProxyMultiEncoder_cpu(_CPUFineTune, nnUNetTrainerMultiEncoder):
-    """Multi-encoder from scratch (seed 000 optimiser), proxy CPU schedule."""
+    """Multi-encoder from scratch (the optimiser of Taheri Otaghsara et al. 2025), proxy CPU schedule."""
 
 
 class nnUNetTrainerProxyMultiEncoder_gpu(_GPUFineTune, nnUNetTrainerMultiEncoder):
@@ -98,7 +99,7 @@ class nnUNetTrainerProxyMultiEncoderSSL_gpu(_GPUFineTune, nnUNetTrainerMultiEnco
 
 
 class nnUNetTrainerProxyVolumeFusion_cpu(_CPUPretrain, nnUNetTrainerVolumeFusion):
-    """Volume Fusion pretraining stage (seed 003 settings), proxy CPU schedule."""
+    """Volume Fusion pretraining stage (the settings of Wang et al. 2023, MIS-FM), proxy CPU schedule."""
 
 
 class nnUNetTrainerProxyVolumeFusion_gpu(_GPUPretrain, nnUNetTrainerVolumeFusion):
@@ -160,7 +161,7 @@ class nnUNetTrainerProxyVolumeFusionSGD_cpu2d(nnUNetTrainerProxyVolumeFusion_cpu
     weight_decay = 3e-5
 
     def configure_optimizers(self):
-        return nnUNetTrainer.configure_optimizers(self)
+        return ExtTrainerBase.configure_optimizers(self)
 
 
 class nnUNetTrainerProxySwinProxies_cpu2d(_CPU2DPretrain, nnUNetTrainerSwinProxies):

@@ -22,7 +22,7 @@ from torch import nn
 
 from nnunetv2_ext.pretext.volume_fusion import (VolumeFusionConfig, class_counts, constant_predictor_dice,
                                                 mean_level_dice, save_volume_fusion_figure, volume_fusion)
-from nnunetv2_ext.training.base import ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
 from nnunetv2_ext.training.pretext_trainers import StepLRScheduler, _gather
 
@@ -138,9 +138,5 @@ class nnUNetTrainerVolumeFusion(ExtTrainerBase):
                                "see the pseudo-Dice of the fusion levels in progress.png")
 
 
-class nnUNetTrainerVolumeFusion_debug(NoMirroringMixin, nnUNetTrainerVolumeFusion):
-    """3 epochs of 4 iterations: smoke tests and CPU examples."""
-    num_epochs = 3
-    num_iterations_per_epoch = 4
-    num_val_iterations_per_epoch = 2
-    save_every = 1
+class nnUNetTrainerVolumeFusion_debug(DebugScheduleMixin, nnUNetTrainerVolumeFusion):
+    """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""
