@@ -8,6 +8,7 @@ from torch import nn
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, modality_names, multi_encoder_architecture
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
+from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encoder_decoder_param_groups, warmup_epochs
 
 
 def build_multi_encoder(configuration_manager: ConfigurationManager, num_input_channels: int,
@@ -93,15 +94,13 @@ class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
     encoder_warmup_fraction = 0.05   # of num_epochs: then the encoders' lr ramps up
 
     def configure_optimizers(self):
-        from nnunetv2_ext.training.lr_schedules import (FineTuneWarmupLRScheduler, encoder_decoder_param_groups,
-                                                        warmup_epochs)
-
         groups = encoder_decoder_param_groups(self._plain_network())
         optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=self.momentum,
                                     nesterov=True)
         decoder, encoder = warmup_epochs(self.num_epochs, self.decoder_warmup_fraction, self.encoder_warmup_fraction)
-        scheduler = FineTuneWarmupLRScheduler(optimizer, self.initial_lr, self.num_epochs, decoder_warmup_epochs=decoder,
-                                              encoder_warmup_epochs=encoder, exponent=self.poly_exponent)
+        scheduler = FineTuneWarmupLRScheduler(optimizer, self.initial_lr, self.num_epochs,
+                                              decoder_warmup_epochs=decoder, encoder_warmup_epochs=encoder,
+                                              exponent=self.poly_exponent)
         return optimizer, scheduler
 
     def on_train_epoch_start(self):
