@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
+from nnunetv2_ext.dataset_json import channel_names
 
 _DATASET_RE = re.compile(r"Dataset(\d{3})_(.+)")
 
@@ -111,7 +112,7 @@ def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: 
     channels = list(channels)
     if not channels:
         raise ValueError("channels must name at least one channel")
-    by_name = {str(n): int(k) for k, n in sorted(dataset_json["channel_names"].items(), key=lambda kv: int(kv[0]))}
+    by_name = {n: i for i, n in enumerate(channel_names(dataset_json))}
     unknown = [c for c in channels if c not in by_name]
     if unknown:
         raise ValueError(f"unknown channel(s) {unknown} for {source.name}; available: {list(by_name)}")

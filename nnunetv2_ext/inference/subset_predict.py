@@ -20,6 +20,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
+from nnunetv2_ext.dataset_json import channel_names
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -157,7 +158,7 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
 
     model_folder, input_folder, output_folder = map(os.fspath, (model_folder, input_folder, output_folder))
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
-    names = [dataset_json["channel_names"][str(i)] for i in range(len(dataset_json["channel_names"]))]
+    names = channel_names(dataset_json)
     channels = _channels_of(modalities_present, names)
     cases = _find_cases(input_folder, dataset_json["file_ending"], channels, names)
     if os.path.isdir(output_folder) and os.listdir(output_folder) and not overwrite:

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Union
 
 from nnunetv2_ext.architectures.fusion import FUSION_MODES
 from nnunetv2_ext.architectures.multi_encoder import ENCODER_TYPES, validate_encoder_groups
+from nnunetv2_ext.dataset_json import channel_names
 
 MULTI_ENCODER_CLASS = "nnunetv2_ext.architectures.multi_encoder.MultiEncoderUNet"
 DEFAULT_PLANS_SUFFIX = "_MultiEncoder"
@@ -20,14 +21,6 @@ SOURCE_ENCODERS = {"PlainConvUNet": "plain", "ResidualEncoderUNet": "residual", 
 MULTI_ENCODER_EXTRAS = ("encoder_groups", "fusion", "encoder", "encoder_width", "modality_names")
 
 GroupsSpec = Union[None, str, Sequence[Sequence[Union[int, str]]]]
-
-
-def modality_names(dataset_json: dict) -> List[str]:
-    """Channel names in channel order (dataset.json ``channel_names``, or the older ``modality``)."""
-    names = dataset_json.get("channel_names", dataset_json.get("modality"))
-    if not names:
-        raise ValueError("dataset.json has no 'channel_names': cannot tell how many modalities the data has")
-    return [names[str(i)] for i in range(len(names))]
 
 
 def parse_encoder_groups(spec: GroupsSpec, names: Sequence[str]) -> Optional[List[List[int]]]:
@@ -122,7 +115,7 @@ def derive_multi_encoder_plans(plans: dict, dataset_json: dict, plans_name: Opti
         preset: optional preset (see ``apply_preset``), applied after the architecture swap.
         **options: ``encoder``, ``fusion``, ``encoder_groups``, ``encoder_width`` for every configuration.
     """
-    names = modality_names(dataset_json)
+    names = channel_names(dataset_json)
     new = copy.deepcopy(plans)
     new["plans_name"] = plans_name or plans["plans_name"] + DEFAULT_PLANS_SUFFIX
     options = {**(preset or {}).get("multi_encoder", {}), **{k: v for k, v in options.items() if v is not None}}

@@ -71,7 +71,7 @@ class ExtTrainerBase(nnUNetTrainer):
 
     def load_pretrained_weights(self, fname: str):
         """Transfer ``fname`` into the network (any checkpoint of this package or nnU-Net) and save the report."""
-        from nnunetv2_ext.planning.multi_encoder_plans import modality_names
+        from nnunetv2_ext.dataset_json import channel_names
         from nnunetv2_ext.transfer import transfer_weights
         from nnunetv2_ext.transfer.formats import read_weights, swin_prefix_of, with_source_notes
 
@@ -82,7 +82,7 @@ class ExtTrainerBase(nnUNetTrainer):
         # any known format (this package's / nnU-Net's, nnssl, MONAI Swin UNETR, BrainSegFounder), detected; set
         # pretrained_format to force one
         source = read_weights(fname, format=self.pretrained_format, swin_prefix=swin_prefix_of(network))
-        state, report = transfer_weights(source, network, target_modalities=modality_names(self.dataset_json),
+        state, report = transfer_weights(source, network, target_modalities=channel_names(self.dataset_json),
                                          new_modality_init=self.new_modality_init, scope=self.transfer_scope,
                                          fresh_decoder_stages=self.transfer_fresh_decoder_stages,
                                          reset_decoder_norm=self.transfer_reset_decoder_norm)

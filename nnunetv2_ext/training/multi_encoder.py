@@ -6,7 +6,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
-from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, modality_names, multi_encoder_architecture
+from nnunetv2_ext.dataset_json import channel_names
+from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, multi_encoder_architecture
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encoder_decoder_param_groups, warmup_epochs
 
@@ -42,7 +43,7 @@ class nnUNetTrainerMultiEncoder(ExtTrainerBase):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        names = modality_names(dataset_json)
+        names = channel_names(dataset_json)
         if len(names) < 2:
             raise ValueError(f"{self.__class__.__name__}: a multi-encoder needs at least 2 modalities, the dataset "
                              f"has {len(names)} ({names}); use nnU-Net's nnUNetTrainer for single-modality data")

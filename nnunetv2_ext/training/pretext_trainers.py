@@ -27,6 +27,7 @@ from torch import autocast, nn
 from torch import distributed as dist
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.pretext import swin_proxies as sp
 from nnunetv2_ext.pretext.cross_modality import (SSIM_WIN_SIZE, mean_intensity_psnr, psnr, resolve_channels,
                                                  split_modalities, ssim3d)
@@ -365,7 +366,7 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        names = dataset_json.get("channel_names", dataset_json.get("modality")) or {}
+        names = dict(enumerate(channel_names(dataset_json)))
         self.input_channels = resolve_channels(names, self.input_modalities)
         self.target_channels = resolve_channels(names, self.target_modalities)
         both = sorted(set(self.input_modalities) & set(self.target_modalities))

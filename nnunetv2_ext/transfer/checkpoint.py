@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from numpy._core.multiarray import scalar as _np_scalar
 
+from nnunetv2_ext.dataset_json import channel_names
+
 # What a real nnU-Net checkpoint needs beyond torch's default weights_only allow-list (found by loading one written
 # by nnUNetTrainer.save_checkpoint): numpy scalars are pickled as ``numpy._core.multiarray.scalar(dtype, bytes)``
 # (``numpy.core.multiarray.scalar`` when written with numpy 1.x), with the dtype rebuilt as ``numpy.dtype`` and its
@@ -137,19 +139,6 @@ def _architecture(init_args: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     return None
 
 
-def _channel_names(dataset_json: Any) -> Optional[List[str]]:
-    """Names in channel order from dataset.json ``channel_names`` (nnU-Net v2) or ``modality`` (v1)."""
-    if not isinstance(dataset_json, Mapping):
-        return None
-    names = dataset_json.get("channel_names", dataset_json.get("modality"))
-    if not isinstance(names, Mapping) or not names:
-        return None
-    try:
-        return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]
-    except (TypeError, ValueError):
-        return None
-
-
 def read_checkpoint(path: str | os.PathLike) -> SourceWeights:
     """Read pretrained weights from an nnU-Net checkpoint or a plain state-dict file, never executing code.
 
@@ -188,7 +177,7 @@ def read_checkpoint(path: str | os.PathLike) -> SourceWeights:
         arch = _architecture(init_args) or {}
         arch_kwargs = arch.get("arch_kwargs") if isinstance(arch.get("arch_kwargs"), Mapping) else {}
         network_class = arch.get("network_class_name") if isinstance(arch.get("network_class_name"), str) else None
-        names = _channel_names(init_args.get("dataset_json"))
+        names = channel_names(init_args.get("dataset_json"), required=False)
         if names is None and isinstance(arch_kwargs.get("modality_names"), (list, tuple)):
             names = [str(n) for n in arch_kwargs["modality_names"]]
         encoder_groups = None

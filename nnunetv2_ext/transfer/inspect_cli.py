@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 
 from torch import nn
 
+from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.transfer.formats import (AXIS_ORDERS, ExternalWeights, input_projection, read_weights,
                                            swin_prefix_of, with_source_notes)
 from nnunetv2_ext.transfer.transfer import transfer_weights
@@ -126,10 +127,8 @@ def _load_json(path: Path, what: str) -> dict:
 
 def dataset_modalities(dataset: str | int | os.PathLike) -> List[str]:
     """Channel names of a preprocessed dataset, in channel order (its ``dataset.json``)."""
-    from nnunetv2_ext.planning.multi_encoder_plans import modality_names
-
     folder = _preprocessed_folder(dataset)
-    return modality_names(_load_json(folder / "dataset.json", "dataset.json"))
+    return channel_names(_load_json(folder / "dataset.json", "dataset.json"))
 
 
 def build_target_network(dataset: str | int | os.PathLike, plans: str | os.PathLike, configuration: str,

@@ -12,9 +12,10 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
+from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.planning.multi_encoder_plans import (MULTI_ENCODER_CLASS, adapt_topology_to_patch, apply_preset,
-                                                       derive_multi_encoder_plans, modality_names,
-                                                       multi_encoder_architecture, parse_encoder_groups)
+                                                       derive_multi_encoder_plans, multi_encoder_architecture,
+                                                       parse_encoder_groups)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO_PRESET = Path(__file__).resolve().parents[2] / "plans" / "brats_seed000.json"
@@ -47,7 +48,7 @@ def test_fixture_is_a_plain_nnunet_plan(plans, dataset_json):
     for config in plans["configurations"].values():
         assert config["architecture"]["network_class_name"].endswith(".PlainConvUNet")
         assert config["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 8, 16, 32]
-    assert modality_names(dataset_json) == NAMES
+    assert channel_names(dataset_json) == NAMES
 
 
 def test_derive_keeps_everything_but_the_network(plans, dataset_json):
@@ -180,15 +181,6 @@ def test_architecture_name_count_mismatch_raises(plans):
     arch = plans["configurations"]["3d_fullres"]["architecture"]
     with pytest.raises(ValueError, match="3 modality names"):
         multi_encoder_architecture(arch, 4, ["T1", "T2", "FLAIR"])
-
-
-# ----------------------------------------------------------------------------------------- modality names
-
-
-def test_modality_names_older_key_and_missing():
-    assert modality_names({"modality": {"0": "CT", "1": "PET"}}) == ["CT", "PET"]
-    with pytest.raises(ValueError, match="channel_names"):
-        modality_names({"labels": {"background": 0}})
 
 
 # -------------------------------------------------------------------------------------- encoder groups spec
