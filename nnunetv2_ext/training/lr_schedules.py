@@ -5,6 +5,7 @@ right lr and every DDP rank computes the same value.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Tuple
 
 import torch
@@ -49,7 +50,72 @@ def warmup_epochs(num_epochs: int, decoder_fraction: float, encoder_fraction: fl
     return wd, max(0, min(we, num_epochs - 1 - wd))
 
 
-class FineTuneWarmupLRScheduler(_LRScheduler):
+class EpochLRScheduler(_LRScheduler):
+    """Base of the schedules here: every parameter group's lr is a pure function of the epoch, set by
+    ``step(epoch)`` as nnU-Net calls it at each epoch start (``step()`` without an epoch counts on). Subclasses set
+    their attributes, then call ``super().__init__`` (which takes the first step), and define :meth:`lr_at` or, for
+    lrs that differ between groups, :meth:`group_lr`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, current_step: int = None):
+        self.optimizer = optimizer
+        self.ctr = 0
+        super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def group_lr(self, group: dict, epoch: int) -> float:
+        return self.lr_at(epoch)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.group_lr(group, current_step)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+class WarmupCosineLRScheduler(EpochLRScheduler):
+    """Linear warm-up then cosine decay to 0.
+
+    ``lr(e) = lr0 (e + 1) / W`` for ``e < W``, then ``lr0 (1 + cos(pi (e - W) / (T - W))) / 2`` (MONAI Pretrain
+    ``optimizers.lr_scheduler.WarmupCosineSchedule`` with one half cosine; warm-up starts at ``lr0 / W``, not 0, so no
+    epoch is spent at lr 0).
+    """
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup_steps: int, current_step: int = None):
+        if warmup_steps < 0 or max_steps < 1:
+            raise ValueError(f"need max_steps >= 1 and warmup_steps >= 0, got {max_steps} and {warmup_steps}")
+        self.initial_lr = initial_lr
+        self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        super().__init__(optimizer, current_step)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.initial_lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class StepLRScheduler(EpochLRScheduler):
+    """``lr(e) = lr0 gamma ** floor(e / step_epochs)``: the lr multiplied by ``gamma`` every ``step_epochs`` epochs
+    (as ``torch.optim.lr_scheduler.StepLR``)."""
+
+    def __init__(self, optimizer, initial_lr: float, step_epochs: int, gamma: float = 0.5, current_step: int = None):
+        if step_epochs < 1 or not 0 < gamma <= 1:
+            raise ValueError(f"need step_epochs >= 1 and 0 < gamma <= 1, got {step_epochs} and {gamma}")
+        self.initial_lr = initial_lr
+        self.step_epochs = step_epochs
+        self.gamma = gamma
+        super().__init__(optimizer, current_step)
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr * self.gamma ** (step // self.step_epochs)
+
+
+class FineTuneWarmupLRScheduler(EpochLRScheduler):
     """Poly decay with a decoder-first warm-up, for fine-tuning a network whose encoder is pretrained.
 
     Three phases over ``max_epochs`` (nnU-Net's ``lr0 (1 - e / T) ** exponent`` throughout):
@@ -75,14 +141,12 @@ class FineTuneWarmupLRScheduler(_LRScheduler):
         if decoder_warmup_epochs + encoder_warmup_epochs >= max_epochs:
             raise ValueError(f"the warm-ups ({decoder_warmup_epochs} + {encoder_warmup_epochs} epochs) must be shorter "
                              f"than the training ({max_epochs} epochs)")
-        self.optimizer = optimizer
         self.initial_lr = initial_lr
         self.max_epochs = max_epochs
         self.decoder_warmup_epochs = decoder_warmup_epochs
         self.encoder_warmup_epochs = encoder_warmup_epochs
         self.exponent = exponent
-        self.ctr = 0
-        super().__init__(optimizer, current_step if current_step is not None else -1)
+        super().__init__(optimizer, current_step)
 
     def lrs_at(self, epoch: int) -> Tuple[float, float]:
         """(encoder lr, decoder lr) at ``epoch``."""
@@ -95,12 +159,7 @@ class FineTuneWarmupLRScheduler(_LRScheduler):
             encoder = poly * min(1.0, (epoch - wd + 1) / we) if we else poly
         return encoder, decoder
 
-    def step(self, current_step=None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        encoder, decoder = self.lrs_at(current_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = encoder if group.get("name") == ENCODER_GROUP else decoder
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+    def group_lr(self, group: dict, epoch: int) -> float:
+        encoder, decoder = self.lrs_at(epoch)
+        return encoder if group.get("name") == ENCODER_GROUP else decoder
 

@@ -11,7 +11,6 @@ not for ``nnUNetv2_predict``.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, NamedTuple, Sequence
 
 import numpy as np
@@ -25,81 +24,18 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import autocast, nn
 from torch import distributed as dist
-from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.pretext import swin_proxies as sp
 from nnunetv2_ext.pretext.cross_modality import (SSIM_WIN_SIZE, mean_intensity_psnr, psnr, resolve_channels,
                                                  split_modalities, ssim3d)
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.lr_schedules import WarmupCosineLRScheduler
 from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # shared pieces
-
-
-class WarmupCosineLRScheduler(_LRScheduler):
-    """Linear warm-up then cosine decay to 0, stepped once per epoch like nnU-Net's ``PolyLRScheduler``.
-
-    ``lr(e) = lr0 (e + 1) / W`` for ``e < W``, then ``lr0 (1 + cos(pi (e - W) / (T - W))) / 2`` (MONAI Pretrain
-    ``optimizers.lr_scheduler.WarmupCosineSchedule`` with one half cosine; warm-up starts at ``lr0 / W``, not 0, so no
-    epoch is spent at lr 0).
-    """
-
-    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup_steps: int, current_step: int = None):
-        if warmup_steps < 0 or max_steps < 1:
-            raise ValueError(f"need max_steps >= 1 and warmup_steps >= 0, got {max_steps} and {warmup_steps}")
-        self.optimizer = optimizer
-        self.initial_lr = initial_lr
-        self.max_steps = max_steps
-        self.warmup_steps = warmup_steps
-        self.ctr = 0
-        super().__init__(optimizer, current_step if current_step is not None else -1)
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.initial_lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
-        return self.initial_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    def step(self, current_step=None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = self.lr_at(current_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-
-class StepLRScheduler(_LRScheduler):
-    """``lr(e) = lr0 gamma ** floor(e / step_epochs)``: the lr multiplied by ``gamma`` every ``step_epochs`` epochs
-    (``torch.optim.lr_scheduler.StepLR``), stepped once per epoch like nnU-Net's ``PolyLRScheduler``: nnU-Net calls
-    ``step(current_epoch)`` at every epoch start, which sets the lr of that epoch, so ``--c`` resumes at the right lr.
-    """
-
-    def __init__(self, optimizer, initial_lr: float, step_epochs: int, gamma: float = 0.5, current_step: int = None):
-        if step_epochs < 1 or not 0 < gamma <= 1:
-            raise ValueError(f"need step_epochs >= 1 and 0 < gamma <= 1, got {step_epochs} and {gamma}")
-        self.optimizer = optimizer
-        self.initial_lr = initial_lr
-        self.step_epochs = step_epochs
-        self.gamma = gamma
-        self.ctr = 0
-        super().__init__(optimizer, current_step if current_step is not None else -1)
-
-    def lr_at(self, step: int) -> float:
-        return self.initial_lr * self.gamma ** (step // self.step_epochs)
-
-    def step(self, current_step=None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = self.lr_at(current_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def _gather(values, is_ddp: bool) -> np.ndarray:

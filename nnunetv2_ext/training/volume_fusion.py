@@ -24,7 +24,8 @@ from nnunetv2_ext.pretext.volume_fusion import (VolumeFusionConfig, class_counts
                                                 mean_level_dice, save_volume_fusion_figure, volume_fusion)
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
-from nnunetv2_ext.training.pretext_trainers import StepLRScheduler, _gather
+from nnunetv2_ext.training.lr_schedules import StepLRScheduler
+from nnunetv2_ext.training.pretext_trainers import _gather
 
 
 def volume_fusion_labels(k: int) -> dict:

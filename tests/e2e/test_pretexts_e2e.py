@@ -101,19 +101,3 @@ def test_ssl_wrapper_keeps_backbone_keys_and_trains_every_used_parameter():
               if ".seg_layers." in n and not n.startswith("decoder.seg_layers.1")}
     missing = [n for n, p in model.named_parameters() if n not in unused and (p.grad is None or not p.grad.abs().sum())]
     assert not missing
-
-
-def test_warmup_cosine_schedule():
-    import torch
-
-    from nnunetv2_ext.training.pretext_trainers import WarmupCosineLRScheduler
-
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=4e-4)
-    sched = WarmupCosineLRScheduler(opt, 4e-4, max_steps=10, warmup_steps=2)
-    lrs = []
-    for epoch in range(10):
-        sched.step(epoch)
-        lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[0] == pytest.approx(2e-4) and lrs[1] == pytest.approx(4e-4) and lrs[2] == pytest.approx(4e-4)
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # cosine decay after the warm-up
-    assert sched.lr_at(10) == pytest.approx(0.0, abs=1e-12)

@@ -7,6 +7,7 @@ from torch import nn
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.training.lr_schedules import (DECODER_GROUP, ENCODER_GROUP, FineTuneWarmupLRScheduler,
+                                                StepLRScheduler, WarmupCosineLRScheduler,
                                                 encoder_decoder_param_groups, warmup_epochs)
 
 KW = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=nn.Conv2d, kernel_sizes=3, strides=[1, 2, 2],
@@ -79,3 +80,25 @@ def test_warmup_epochs_and_bad_arguments():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)
     with pytest.raises(ValueError, match="shorter than the training"):
         FineTuneWarmupLRScheduler(optimizer, 0.1, 4, 2, 2)
+
+
+def test_warmup_cosine_schedule():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=4e-4)
+    sched = WarmupCosineLRScheduler(opt, 4e-4, max_steps=10, warmup_steps=2)
+    lrs = []
+    for epoch in range(10):
+        sched.step(epoch)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(2e-4) and lrs[1] == pytest.approx(4e-4) and lrs[2] == pytest.approx(4e-4)
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # cosine decay after the warm-up
+    assert sched.lr_at(10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_halves_every_step_epochs():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = StepLRScheduler(opt, 1e-3, step_epochs=3)
+    assert [sched.lr_at(e) for e in (0, 2, 3, 6)] == [1e-3, 1e-3, 5e-4, 2.5e-4]
+    sched.step(4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="step_epochs >= 1"):
+        StepLRScheduler(opt, 1e-3, step_epochs=0)
