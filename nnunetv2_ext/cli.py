@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "pretraining, 2 labelled cases; gpu: nnU-Net's planned patch, longer schedule; smoke: a toy run "
                    "for tests")
     p.add_argument("--methods", default=None,
-                   help="comma-separated subset of vanilla,scratch,ssl_vf,ssl_swin,ssl_cm")
+                   help="comma-separated subset of vanilla,scratch,ssl_vf,ssl_swin,ssl_cm and the ablations "
+                   "ssl_vf_full,ssl_vf_sgd")
     p.add_argument("--n-labelled", default=None, help="comma-separated labelled-case levels, e.g. 2,4,8,16")
     p.add_argument("--repeats", type=int, default=None, help="random subsets per level")
     p.add_argument("--lanes", type=int, default=None, help="parallel training jobs")
