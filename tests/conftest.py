@@ -16,6 +16,19 @@ SHAPE = (40, 40, 40)
 TINY_FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for the module's tests: tiny networks run fastest on one thread and do not stall when other
+    processes share the cores. The previous count is restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_tiny_preprocessed(folder: Path) -> Path:
     """Make ``folder`` a preprocessed dataset folder holding only the tiny plans and dataset.json; return it."""
     folder.mkdir(parents=True)

@@ -18,9 +18,23 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
+import numpy as np
+from torch import distributed as dist
+
 from nnunetv2_ext.io_utils import atomic_write_json, load_json
 
 PRETEXT_METRICS_FILE = "pretext_metrics.json"
+
+
+def gather_values(values, is_ddp: bool) -> np.ndarray:
+    """Values of this worker (any shape, flattened to float64), concatenated with those of every DDP worker: what a
+    pretext trainer's metric is computed from at the end of a validation epoch."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if is_ddp:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, values)
+        values = np.concatenate(gathered)
+    return values
 
 
 def pretext_metric(name: str, value: float, baseline: float, baseline_name: str, higher_is_better: bool) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
@@ -23,7 +22,6 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import autocast, nn
-from torch import distributed as dist
 
 from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.pretext import swin_proxies as sp
@@ -31,21 +29,11 @@ from nnunetv2_ext.pretext.cross_modality import (SSIM_WIN_SIZE, mean_intensity_p
                                                  split_modalities, ssim3d)
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase, NoMirroringMixin
 from nnunetv2_ext.training.lr_schedules import WarmupCosineLRScheduler
-from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
+from nnunetv2_ext.training.pretext_metrics import gather_values, pretext_metric, report_pretext_metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # shared pieces
-
-
-def _gather(values, is_ddp: bool) -> np.ndarray:
-    """Values of this worker (any shape), concatenated with those of every DDP worker."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if is_ddp:
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, values)
-        values = np.concatenate(gathered)
-    return values
 
 
 def _autocast(device: torch.device):
@@ -227,7 +215,7 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        parts = {k: _gather([o[k] for o in train_outputs], self.is_ddp).mean() for k in self.loss_weights}
+        parts = {k: gather_values([o[k] for o in train_outputs], self.is_ddp).mean() for k in self.loss_weights}
         self.print_to_log_file("train losses: " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items()))
 
     def validation_step(self, batch: dict) -> dict:
@@ -247,12 +235,12 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, ExtTrainerBase):
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         outputs = collate_outputs(val_outputs)
-        loss = _gather(outputs["loss"], self.is_ddp).mean()
-        accuracy = _gather(outputs["rotation_correct"], self.is_ddp).sum() / \
-            _gather(outputs["rotation_total"], self.is_ddp).sum()
-        parts = {k: _gather(outputs[k], self.is_ddp).mean() for k in self.loss_weights}
-        identity = _gather(outputs["identity_l1"], self.is_ddp).mean()
-        inpaint, identity_inpaint = (_gather(outputs[k], self.is_ddp).mean()
+        loss = gather_values(outputs["loss"], self.is_ddp).mean()
+        accuracy = gather_values(outputs["rotation_correct"], self.is_ddp).sum() / \
+            gather_values(outputs["rotation_total"], self.is_ddp).sum()
+        parts = {k: gather_values(outputs[k], self.is_ddp).mean() for k in self.loss_weights}
+        identity = gather_values(outputs["identity_l1"], self.is_ddp).mean()
+        inpaint, identity_inpaint = (gather_values(outputs[k], self.is_ddp).mean()
                                      for k in ("inpaint_l1", "identity_inpaint_l1"))
         self.logger.log("mean_fg_dice", accuracy, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [accuracy], self.current_epoch)
@@ -351,10 +339,10 @@ class nnUNetTrainerCrossModality(ExtTrainerBase):
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         outputs = collate_outputs(val_outputs)
-        mse = _gather(outputs["loss"], self.is_ddp).mean()
-        psnr_db = _gather(outputs["psnr"], self.is_ddp).mean()
-        ssim = _gather(outputs["ssim"], self.is_ddp).mean()
-        baseline = _gather(outputs["psnr_mean_intensity"], self.is_ddp).mean()
+        mse = gather_values(outputs["loss"], self.is_ddp).mean()
+        psnr_db = gather_values(outputs["psnr"], self.is_ddp).mean()
+        ssim = gather_values(outputs["ssim"], self.is_ddp).mean()
+        baseline = gather_values(outputs["psnr_mean_intensity"], self.is_ddp).mean()
         self.logger.log("mean_fg_dice", ssim, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [ssim], self.current_epoch)
         self.logger.log("val_losses", mse, self.current_epoch)

@@ -23,9 +23,8 @@ from torch import nn
 from nnunetv2_ext.pretext.volume_fusion import (VolumeFusionConfig, class_counts, constant_predictor_dice,
                                                 mean_level_dice, save_volume_fusion_figure, volume_fusion)
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
-from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
+from nnunetv2_ext.training.pretext_metrics import gather_values, pretext_metric, report_pretext_metrics
 from nnunetv2_ext.training.lr_schedules import StepLRScheduler
-from nnunetv2_ext.training.pretext_trainers import _gather
 
 
 def volume_fusion_labels(k: int) -> dict:
@@ -127,9 +126,9 @@ class nnUNetTrainerVolumeFusion(ExtTrainerBase):
         super().on_validation_epoch_end(val_outputs)  # nnU-Net's pseudo-Dice per level (log, progress.png)
         outputs = collate_outputs(val_outputs)
         k = self.vf_config.k
-        tp, fp, fn = (_gather(np.sum(outputs[key], 0), self.is_ddp).reshape(-1, k).sum(0)
+        tp, fp, fn = (gather_values(np.sum(outputs[key], 0), self.is_ddp).reshape(-1, k).sum(0)
                       for key in ("tp_hard", "fp_hard", "fn_hard"))
-        counts = _gather(np.sum(outputs["class_counts"], 0), self.is_ddp).reshape(-1, k + 1).sum(0)
+        counts = gather_values(np.sum(outputs["class_counts"], 0), self.is_ddp).reshape(-1, k + 1).sum(0)
         report_pretext_metrics(self, [pretext_metric("fusion-level Dice", mean_level_dice(tp, fp, fn),
                                                      constant_predictor_dice(counts), "constant predictor",
                                                      higher_is_better=True)])

@@ -18,12 +18,7 @@ NARROW = {"pctnet": {"features_per_stage": [4, 4, 8, 8, 16], "num_heads": [1, 1,
                        "mlp_dim": 32}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("name,n_strides", [("pctnet", 5), ("transbts", 4)])

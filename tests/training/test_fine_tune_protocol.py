@@ -21,6 +21,7 @@ from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encode
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoderSSL as SSL
 
 SIZE, PRETRAIN_STEPS, FINE_TUNE_STEPS, BATCH = 32, 200, 150, 4
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _net(n_out: int, seed: int) -> MultiEncoderUNet:
@@ -56,9 +57,8 @@ LOSS = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp"
 
 
 @pytest.fixture(scope="module")
-def collapsed_vf_checkpoint():
+def collapsed_vf_checkpoint(single_thread):
     """Volume Fusion pretrained with nnU-Net's SGD (the optimiser that collapses it)."""
-    torch.set_num_threads(1)
     unlabelled, _ = _images(32, seed=0)
     net = _net(VolumeFusionConfig().k + 1, seed=1)
     optimizer = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)

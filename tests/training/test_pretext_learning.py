@@ -120,12 +120,7 @@ def _train(trainer: nnUNetTrainer, channels: int, epochs: int, iterations: int, 
     return json.loads((Path(trainer.output_folder) / PRETEXT_METRICS_FILE).read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _metric(record: dict, name: str) -> dict:
