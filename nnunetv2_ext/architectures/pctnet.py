@@ -49,8 +49,7 @@ import torch
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-IntOrSeq = Union[int, Sequence[int]]
-Triple = Tuple[int, int, int]
+from nnunetv2_ext.architectures.strides import IntOrSeq, PlansStrides, Triple
 
 
 def _triple(value: IntOrSeq, name: str) -> Triple:
@@ -208,7 +207,7 @@ class PCTPredictionHead(nn.Module):
         return [seg(f) for seg, f in zip(self.seg_layers, (u0, u1, d2, d3))]
 
 
-class PCTNet(nn.Module):
+class PCTNet(PlansStrides, nn.Module):
     """PCT-Net (Wang et al., MIS-FM, arXiv:2306.16925, sec. 3.1.4, Fig. 3) for nnU-Net: 3D only.
 
     Five resolution levels: two convolutional (embedding / prediction head) and three in the pyramid PCT module.
@@ -238,6 +237,7 @@ class PCTNet(nn.Module):
             the heads, rates outside [0, 1), a patch size not divisible by the total stride.
     """
 
+    network_name = "PCT-Net"
     default_features = (24, 48, 128, 256, 512)
     default_strides = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
     n_levels = 5
@@ -282,38 +282,6 @@ class PCTNet(nn.Module):
         self.pyramid = PCTPyramid(features, self.strides, heads, self.window_size, dropout, swin_dropout,
                                   self.swin_depth, self.mlp_ratio)
         self.decoder = PCTPredictionHead(features, self.strides, kernels, num_classes, deep_supervision)
-
-    @classmethod
-    def validate_strides(cls, strides: Sequence[IntOrSeq]) -> List[Triple]:
-        """nnU-Net-style per-level strides -> 5 triples; the first must be all ones (level 0 is full resolution)."""
-        strides = list(strides)
-        if len(strides) != cls.n_levels:
-            raise ValueError(f"PCT-Net has {cls.n_levels} resolution levels, so strides needs {cls.n_levels} entries "
-                             f"(the first [1, 1, 1]), got {len(strides)}: {strides}. Write its plans with e.g. "
-                             f"{[list(s) for s in cls.default_strides]}")
-        triples = [_triple(s, f"strides[{i}]") for i, s in enumerate(strides)]
-        if triples[0] != (1, 1, 1):
-            raise ValueError(f"strides[0] must be [1, 1, 1] (level 0 is the full-resolution level), got {strides[0]}")
-        return triples
-
-    def total_stride(self) -> Triple:
-        """Downsampling factor of the lowest level per axis; input sizes must be divisible by it."""
-        return tuple(int(v) for v in np.prod(np.array(self.strides), axis=0))
-
-    def validate_patch_size(self, patch_size: Sequence[int]) -> Triple:
-        size = list(patch_size)
-        if len(size) != 3:
-            raise ValueError(f"PCT-Net is 3D-only: patch size must have 3 values, got {size} (no 2D configuration)")
-        total = self.total_stride()
-        if any(s % t for s, t in zip(size, total)):
-            raise ValueError(f"patch size must be divisible by {list(total)} (the product of the strides per axis), "
-                             f"got {size}")
-        return tuple(int(s) for s in size)
-
-    def ds_scales(self) -> List[List[float]]:
-        """Scales of the deep-supervision outputs, full resolution first; equal to nnU-Net's
-        ``1 / cumprod(strides)[:-1]`` for this network's strides."""
-        return [[float(1.0 / v) for v in c] for c in np.cumprod(np.array(self.strides), axis=0)[:-1]]
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         if x.ndim != 5:

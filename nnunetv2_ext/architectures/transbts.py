@@ -38,15 +38,14 @@ than the paper's encoder blocks, and the Transformer bottleneck does not fit its
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-IntOrSeq = Union[int, Sequence[int]]
-Triple = Tuple[int, int, int]
+from nnunetv2_ext.architectures.strides import IntOrSeq, PlansStrides, Triple
 
 
 def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
@@ -181,7 +180,7 @@ class TransBTSDecoder(nn.Module):
         return [seg(f) for seg, f in zip(self.seg_layers, decoded)]
 
 
-class TransBTS(nn.Module):
+class TransBTS(PlansStrides, nn.Module):
     """TransBTS (Wang et al., MICCAI 2021) for nnU-Net: 3D only, fixed patch size (learned position embedding).
 
     Built by nnU-Net's ``get_network_from_plans`` from a plans entry such as
@@ -212,9 +211,12 @@ class TransBTS(nn.Module):
             an input whose size differs from ``patch_size``.
     """
 
+    network_name = "TransBTS"
     default_features = (16, 32, 64, 128)
     default_strides = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+    stride_values = (1, 2)
     blocks_per_stage = (1, 2, 2, 4)  # encoder residual blocks per level (authors' release)
+    n_levels = len(blocks_per_stage)  # four: downsampling to 1/8 with the default strides
     norm_groups = 8  # GroupNorm groups in the encoder (authors' release)
 
     def __init__(self,
@@ -231,11 +233,10 @@ class TransBTS(nn.Module):
                  dropout: float = 0.1,
                  stem_dropout: float = 0.2):
         super().__init__()
-        n_levels = len(self.blocks_per_stage)
         features = list(features_per_stage)
-        if len(features) != n_levels or not all(isinstance(f, (int, np.integer)) and f >= 1 for f in features):
-            raise ValueError(f"TransBTS has {n_levels} resolution levels: features_per_stage needs {n_levels} "
-                             f"positive ints (paper: {list(self.default_features)}), got {features}")
+        if len(features) != self.n_levels or not all(isinstance(f, (int, np.integer)) and f >= 1 for f in features):
+            raise ValueError(f"TransBTS has {self.n_levels} resolution levels: features_per_stage needs "
+                             f"{self.n_levels} positive ints (paper: {list(self.default_features)}), got {features}")
         self.strides = self.validate_strides(self.default_strides if strides is None else strides)
         self.patch_size = self.validate_patch_size(patch_size)
         if embedding_dim < 1 or num_heads < 1 or embedding_dim % num_heads:
@@ -254,44 +255,6 @@ class TransBTS(nn.Module):
         self.bottleneck = TransformerBottleneck(features[-1], bottleneck_size, embedding_dim, num_layers, num_heads,
                                                 mlp_dim, dropout)
         self.decoder = TransBTSDecoder(features, self.strides, num_classes, deep_supervision)
-
-    @classmethod
-    def validate_strides(cls, strides: Sequence[IntOrSeq]) -> List[Triple]:
-        """nnU-Net-style per-level strides -> 4 triples; the first must be all ones (level 0 is full resolution)."""
-        n_levels = len(cls.blocks_per_stage)
-        strides = list(strides)
-        if len(strides) != n_levels:
-            raise ValueError(f"TransBTS has {n_levels} resolution levels (downsampling to 1/8), so strides needs "
-                             f"{n_levels} entries (the first [1, 1, 1]), got {len(strides)}: {strides}. Write its "
-                             f"plans with e.g. {[list(s) for s in cls.default_strides]}")
-        triples = []
-        for i, s in enumerate(strides):
-            values = [s] * 3 if isinstance(s, int) else list(s)
-            if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and v in (1, 2) for v in values):
-                raise ValueError(f"strides[{i}] must be 3 values of 1 or 2 (TransBTS is 3D-only), got {s!r}")
-            triples.append(tuple(int(v) for v in values))
-        if triples[0] != (1, 1, 1):
-            raise ValueError(f"strides[0] must be [1, 1, 1] (level 0 is the full-resolution level), got {strides[0]}")
-        return triples
-
-    def total_stride(self) -> Triple:
-        """Downsampling factor of the bottleneck per axis (8 on every axis by default)."""
-        return tuple(int(v) for v in np.prod(np.array(self.strides), axis=0))
-
-    def validate_patch_size(self, patch_size: Sequence[int]) -> Triple:
-        size = list(patch_size)
-        if len(size) != 3:
-            raise ValueError(f"TransBTS is 3D-only: patch size must have 3 values, got {size} (no 2D configuration)")
-        total = self.total_stride()
-        if any(s < 1 or s % t for s, t in zip(size, total)):
-            rule = f"by {total[0]}" if len(set(total)) == 1 else f"by {list(total)} per axis"
-            raise ValueError(f"patch size must be divisible {rule} (the product of the strides), got {size}")
-        return tuple(int(s) for s in size)
-
-    def ds_scales(self) -> List[List[float]]:
-        """Scales of the deep-supervision outputs, full resolution first; equal to nnU-Net's
-        ``1 / cumprod(strides)[:-1]`` for this network's strides."""
-        return [[float(1.0 / v) for v in c] for c in np.cumprod(np.array(self.strides), axis=0)[:-1]]
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         if x.ndim != 5 or tuple(x.shape[2:]) != self.patch_size:

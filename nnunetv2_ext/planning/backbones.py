@@ -20,46 +20,36 @@ Backbones, by name:
   gives 15.1 / 60.4 / 448.8 M parameters against the paper's 14.6 / 58.3 / 440.3 M (transposed-convolution
   upsampling instead of STU-Net's interpolation + 1x1 convolution makes up most of the difference). Plans with more
   than 6 stages repeat the last width; plans with fewer take the first ones.
+- ``pctnet``, ``transbts``: PCT-Net (Wang et al., "MIS-FM: 3D Medical Image Segmentation using Foundation Models
+  Pretrained on a Large-Scale Unannotated Dataset", 2023, arXiv:2306.16925, sec. 3.1.4) and TransBTS (Wang et al.,
+  "TransBTS: Multimodal Brain Tumor Segmentation Using Transformer", MICCAI 2021, arXiv:2103.04430), written in
+  :mod:`nnunetv2_ext.architectures`, 3D only: the plans' first strides
+  (as many as the network has levels), the patch rounded up to a multiple of their product (TransBTS's position
+  embedding is built for that patch).
+
+The backbones are one table, :data:`BACKBONES`: name -> :class:`BackboneSpec` (the class the plans name, the plans
+suffix, the builder that writes the architecture, what a requested patch does, the spatial dimensions, defaults or
+presets as data). Every function here dispatches through the spec; adding a backbone is its network file, one row
+and its trainer (CONTRIBUTING.md, "Adding a backbone"). The patch sizes a network accepts are the network's own rule
+(``valid_patch_size`` / ``patch_rule`` class methods of the MONAI wrappers and of
+:class:`nnunetv2_ext.architectures.strides.PlansStrides`); the builders import the network's module only when they
+run, so importing this module imports no torch (the command-line parser reads :data:`BACKBONE_NAMES`).
 
 Nothing is edited in place: callers' dicts stay as they were.
 """
 from __future__ import annotations
 
 import copy
+import importlib
 import json
-from typing import Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 MONAI_MODULE = "nnunetv2_ext.architectures.monai_backbones"
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-RESENC_REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]  # as nnU-Net's ResEnc planner writes them
-
-# name -> wrapper class, plans-name suffix and default arch kwargs (the papers' BraTS settings)
-MONAI_BACKBONES: Dict[str, dict] = {
-    # Hatamizadeh et al. 2022 / research-contributions SwinUNETR/BRATS21: feature size 48
-    "swin_unetr": {"class": "SwinUNETRBackbone", "suffix": "SwinUNETR", "defaults": {"feature_size": 48}},
-    # Myronenko 2018, Table 1: 32 initial filters, blocks (1, 2, 2, 4), GroupNorm(8), ReLU
-    "segresnet": {"class": "SegResNetBackbone", "suffix": "SegResNet",
-                  "defaults": {"init_filters": 32, "blocks_down": [1, 2, 2, 4], "norm": ["group", {"num_groups": 8}],
-                               "act": ["relu", {"inplace": True}]}},
-    # Hatamizadeh et al. 2022 (UNETR): ViT-B/16, feature size 16 (MONAI's defaults)
-    "unetr": {"class": "UNETRBackbone", "suffix": "UNETR",
-              "defaults": {"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}},
-}
-# STU-Net presets (uni-medical/STU-Net network_training/STUNetTrainer.py; paper Table 1)
-STUNET_PRESETS: Dict[str, dict] = {
-    "stunet_s": {"suffix": "STUNetS", "widths": [16, 32, 64, 128, 256, 256], "blocks": 1},
-    "stunet_b": {"suffix": "STUNetB", "widths": [32, 64, 128, 256, 512, 512], "blocks": 1},
-    "stunet_l": {"suffix": "STUNetL", "widths": [64, 128, 256, 512, 1024, 1024], "blocks": 2},
-}
-# networks written in this package (architectures/): class, plans suffix, number of stages (strides) they take
-CUSTOM_BACKBONES: Dict[str, dict] = {
-    "pctnet": {"class": "nnunetv2_ext.architectures.pctnet.PCTNet", "suffix": "PCTNet", "n_strides": 5},
-    "transbts": {"class": "nnunetv2_ext.architectures.transbts.TransBTS", "suffix": "TransBTS", "n_strides": 4},
-}
-BACKBONE_NAMES: Tuple[str, ...] = tuple(MONAI_BACKBONES) + tuple(STUNET_PRESETS) + tuple(CUSTOM_BACKBONES)
-SPATIAL_DIMS = (2, 3)  # every backbone here builds 2D and 3D networks
+RESENC_REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")  # as nnU-Net's ResEnc planner writes them
+SPATIAL_DIMS = (2, 3)  # what a backbone builds unless its spec says otherwise
 PRESET_CONFIG_KEYS = ("patch_size", "batch_size")
 # Taheri Otaghsara and Rahmanzadeh 2025, "Multi-encoder nnU-Net outperforms Transformer models with self-supervised
 # pretraining", sec. 4.2.1, Swin UNETR on BraTS: patch 96 x 96 x 96, batch size 4 (as data: dump it into plans/ to use
@@ -71,82 +61,166 @@ SWIN_UNETR_SEED000_PRESET = {
     "backbone": {"feature_size": 48},
 }
 
-
-def _check_name(name: str) -> None:
-    if name not in BACKBONE_NAMES:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONE_NAMES)}")
-
-
-def backbone_class_name(name: str) -> str:
-    """The dotted ``network_class_name`` a backbone's plans use."""
-    _check_name(name)
-    if name in MONAI_BACKBONES:
-        return f"{MONAI_MODULE}.{MONAI_BACKBONES[name]['class']}"
-    if name in CUSTOM_BACKBONES:
-        return CUSTOM_BACKBONES[name]["class"]
-    return RESENC_CLASS
+# (name, spec, private copy of the configuration, options) -> notes; writes the configuration's architecture and patch
+Builder = Callable[[str, "BackboneSpec", dict, dict], List[str]]
+# (private copy of the configuration, requested patch) -> configuration ready for that patch
+PatchRequest = Callable[[dict, List[int]], dict]
+# (network class, arch kwargs to complete, requested or None, the source's arch kwargs if it is the same network,
+#  spatial dims) -> notes
+DeepSupervisionRule = Callable[[type, dict, Optional[bool], Optional[dict], int], List[str]]
 
 
-def default_plans_name(source_plans_name: str, name: str) -> str:
-    """``nnUNetPlans`` + ``swin_unetr`` -> ``nnUNetPlans_SwinUNETR``."""
-    _check_name(name)
-    suffix = (MONAI_BACKBONES.get(name) or STUNET_PRESETS.get(name) or CUSTOM_BACKBONES[name])["suffix"]
-    return f"{source_plans_name}_{suffix}"
+def same_topology(config: dict, patch: List[int]) -> dict:
+    """A requested patch with the planned topology: the builder rounds it to what the network accepts."""
+    if len(patch) != len(config["patch_size"]):
+        raise ValueError(f"patch size {patch} has {len(patch)} axes, the configuration {len(config['patch_size'])}")
+    return config
 
 
-def _monai_class(name: str):
-    from nnunetv2_ext.architectures import monai_backbones  # no MONAI import: the wrappers import it when built
+def replanned_topology(config: dict, patch: List[int]) -> dict:
+    """A requested patch with the strides and kernel sizes nnU-Net's planner gives it (for U-Nets that take the
+    plans' topology, e.g. STU-Net)."""
+    from nnunetv2_ext.planning.multi_encoder_plans import adapt_topology_to_patch  # imports torch
 
-    return getattr(monai_backbones, MONAI_BACKBONES[name]["class"])
+    return adapt_topology_to_patch(config, patch)
 
 
-def _monai_architecture(name: str, config: dict, options: dict) -> List[str]:
-    """Rewrite ``config`` (a private copy) for a MONAI backbone; returns notes."""
-    cls = _monai_class(name)
-    source = config["architecture"]
-    same = source["network_class_name"] == backbone_class_name(name)
-    kwargs = copy.deepcopy(source["arch_kwargs"]) if same else copy.deepcopy(MONAI_BACKBONES[name]["defaults"])
-    options = dict(options)
-    dims = len(config["patch_size"])
-    if options.pop("spatial_dims", dims) != dims:
-        raise ValueError(f"spatial_dims must match the patch {config['patch_size']} ({dims} axes)")
-    notes = []
-    if name == "segresnet":
-        deep_supervision = options.pop("deep_supervision", None)
-        if deep_supervision is None:
-            deep_supervision = kwargs.get("dsdepth") is not None if same else True
-        kwargs.update(options)
-        levels = len(kwargs.get("blocks_down", [1, 2, 2, 4]))
-        kwargs.pop("dsdepth", None)
-        kwargs.pop("strides", None)
-        if deep_supervision and levels - 1 >= 2:
-            kwargs["dsdepth"] = levels - 1  # one head per decoder level: nnU-Net's n_stages - 1 outputs
-            kwargs["strides"] = cls.network_strides(dims, [1] * levels)  # nnU-Net reads the DS scales from here
-        elif deep_supervision:
-            notes.append(f"SegResNet with {levels} levels has one output: no deep supervision")
-    else:
-        if "deep_supervision" in options:
-            raise ValueError(f"{name} has no deep supervision option")
-        kwargs.update(options)
-    kwargs["spatial_dims"] = dims
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One row of :data:`BACKBONES`.
+
+    Attributes:
+        class_path: the dotted ``network_class_name`` its plans use (nnU-Net resolves it with ``pydoc.locate``).
+        suffix: plans-name suffix: ``nnUNetPlans`` -> ``nnUNetPlans_<suffix>``; also names the network in notes.
+        builder: writes the architecture (and the patch the network accepts) into a configuration; one of
+            :func:`monai_architecture`, :func:`plans_strides_architecture`, :func:`stunet_architecture`, or a new one.
+        requested_patch: how a requested ``patch_size`` enters the configuration before the builder runs:
+            :func:`same_topology` (the network's rule rounds it) or :func:`replanned_topology`.
+        spatial_dims: the patch dimensionalities it builds; other configurations are skipped with a note.
+        defaults: data, read-only: the default arch kwargs (the papers' settings) or the preset (STU-Net: widths and
+            blocks per stage), as the builder reads them.
+        patch_kwarg: the constructor argument that receives the (rounded) patch, for a network built for one input
+            size (UNETR's ``img_size``, TransBTS's ``patch_size``).
+        deep_supervision: for a network with a ``deep_supervision`` option (SegResNet): completes its arch kwargs;
+            ``None``: the option is refused.
+        requires_import: arch kwargs nnU-Net imports by dotted name (``_kw_requires_import``).
+    """
+    class_path: str
+    suffix: str
+    builder: Builder
+    requested_patch: PatchRequest = same_topology
+    spatial_dims: Tuple[int, ...] = SPATIAL_DIMS
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    patch_kwarg: Optional[str] = None
+    deep_supervision: Optional[DeepSupervisionRule] = None
+    requires_import: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+    def network_class(self) -> type:
+        """The network class (imports its module, hence torch)."""
+        module, _, cls = self.class_path.rpartition(".")
+        return getattr(importlib.import_module(module), cls)
+
+    def dims_rule(self) -> str:
+        """``builds 2D and 3D networks`` / ``is 3D only``, for messages."""
+        if len(self.spatial_dims) == 1:
+            return f"is {self.spatial_dims[0]}D only"
+        return f"builds {' and '.join(f'{d}D' for d in self.spatial_dims)} networks"
+
+
+def _network_architecture(name: str, spec: BackboneSpec, cls: type, config: dict, kwargs: dict) -> List[str]:
+    """The patch rounded by the network's rule, and the architecture with ``kwargs`` written; returns notes."""
     patch = [int(p) for p in config["patch_size"]]
     new_patch = cls.valid_patch_size(patch, **kwargs)
+    notes = []
     if new_patch != patch:
-        notes.append(f"patch {patch} -> {new_patch} for {cls.monai_name} ({cls.patch_rule(**kwargs)})")
-    if name == "unetr":
-        kwargs["img_size"] = new_patch
+        notes.append(f"patch {patch} -> {new_patch} for {spec.suffix} ({cls.patch_rule(**kwargs)})")
+    if spec.patch_kwarg is not None:
+        kwargs[spec.patch_kwarg] = new_patch
     try:
         json.dumps(kwargs)
     except TypeError as e:
         raise ValueError(f"{name} options must be JSON-serialisable (they are written into the plans): {e}") from None
     config["patch_size"] = new_patch
-    config["architecture"] = {"network_class_name": backbone_class_name(name), "arch_kwargs": kwargs,
-                              "_kw_requires_import": []}
+    config["architecture"] = {"network_class_name": spec.class_path, "arch_kwargs": kwargs,
+                              "_kw_requires_import": list(spec.requires_import)}
     return notes
 
 
-def _stunet_architecture(name: str, config: dict, options: dict) -> List[str]:
-    """Rewrite ``config`` (a private copy) for an STU-Net preset; returns notes."""
+def _start_kwargs(spec: BackboneSpec, config: dict) -> Tuple[dict, bool]:
+    """The arch kwargs to start from: the configuration's own when it already names this network (derivation is
+    idempotent and keeps them), else the spec's defaults; and whether it did."""
+    source = config["architecture"]
+    same = source["network_class_name"] == spec.class_path
+    return copy.deepcopy(dict(source["arch_kwargs"]) if same else dict(spec.defaults)), same
+
+
+def monai_architecture(name: str, spec: BackboneSpec, config: dict, options: dict) -> List[str]:
+    """Builder of the MONAI wrappers (:mod:`nnunetv2_ext.architectures.monai_backbones`): ``options`` are constructor
+    arguments on top of the defaults (or of the configuration's, for the same network), ``spatial_dims`` is the
+    patch's, the patch is rounded up by the wrapper's ``valid_patch_size``."""
+    cls = spec.network_class()
+    kwargs, same = _start_kwargs(spec, config)
+    options = dict(options)
+    dims = len(config["patch_size"])
+    if options.pop("spatial_dims", dims) != dims:
+        raise ValueError(f"spatial_dims must match the patch {config['patch_size']} ({dims} axes)")
+    if "deep_supervision" in options and spec.deep_supervision is None:
+        raise ValueError(f"{name} has no deep supervision option")
+    requested = options.pop("deep_supervision", None)
+    kwargs.update(options)
+    notes = []
+    if spec.deep_supervision is not None:
+        source = config["architecture"]["arch_kwargs"] if same else None
+        notes += spec.deep_supervision(cls, kwargs, requested, source, dims)
+    kwargs["spatial_dims"] = dims
+    return notes + _network_architecture(name, spec, cls, config, kwargs)
+
+
+def segresnet_deep_supervision(cls: type, kwargs: dict, requested: Optional[bool], source: Optional[dict],
+                               dims: int) -> List[str]:
+    """SegResNet's deep supervision through MONAI's SegResNetDS: one head per decoder level (nnU-Net's n_stages - 1
+    outputs) and the strides nnU-Net reads its scales from. On unless ``deep_supervision=False``, or the source is a
+    SegResNet without it."""
+    from nnunetv2_ext.architectures.monai_backbones import SEGRESNET_DEFAULT_BLOCKS_DOWN
+
+    if requested is None:
+        requested = source.get("dsdepth") is not None if source is not None else True
+    levels = len(kwargs.get("blocks_down", SEGRESNET_DEFAULT_BLOCKS_DOWN))
+    kwargs.pop("dsdepth", None)
+    kwargs.pop("strides", None)
+    if requested and cls.has_deep_supervision(dsdepth=levels - 1):
+        kwargs["dsdepth"] = levels - 1
+        kwargs["strides"] = cls.network_strides(dims, [1] * levels)
+    elif requested:
+        return [f"SegResNet with {levels} levels has one output: no deep supervision"]
+    return []
+
+
+def plans_strides_architecture(name: str, spec: BackboneSpec, config: dict, options: dict) -> List[str]:
+    """Builder of networks with a fixed number of levels whose strides come from the plans
+    (:class:`nnunetv2_ext.architectures.strides.PlansStrides`: PCT-Net, TransBTS): the plans' first strides (as many
+    as the network has levels; [2, 2, 2] where the plans have fewer), the patch rounded up by the network's rule (a
+    multiple of their product)."""
+    cls = spec.network_class()
+    kwargs, same = _start_kwargs(spec, config)
+    n = cls.n_levels
+    if same:
+        strides = kwargs["strides"]
+    else:
+        planned = [list(st) for st in config["architecture"]["arch_kwargs"].get("strides", [[1, 1, 1]])]
+        strides = (planned + [[2, 2, 2]] * n)[:n]
+    kwargs.update(options)
+    kwargs["strides"] = strides
+    return [f"{spec.suffix}: strides {strides} (the plans' first {n})"] + \
+        _network_architecture(name, spec, cls, config, kwargs)
+
+
+def stunet_architecture(name: str, spec: BackboneSpec, config: dict, options: dict) -> List[str]:
+    """Builder of the STU-Net presets (``defaults``: ``widths`` per stage, residual ``blocks`` per stage) on the
+    residual nnU-Net, with the topology of the configuration's U-Net; the patch is kept."""
     if options:
         raise ValueError(f"{name} takes no options besides patch_size and batch_size, got {sorted(options)}")
     source = config["architecture"]
@@ -157,10 +231,9 @@ def _stunet_architecture(name: str, config: dict, options: dict) -> List[str]:
         raise ValueError(f"STU-Net takes its topology (strides, kernel sizes, conv/norm ops) from an nnU-Net U-Net "
                          f"configuration; {source['network_class_name']} lacks {missing}: derive from nnU-Net's own "
                          f"plans (e.g. nnUNetPlans)")
-    preset = STUNET_PRESETS[name]
+    preset_widths, blocks = list(spec.defaults["widths"]), spec.defaults["blocks"]
     n = int(kwargs["n_stages"])
-    widths = [preset["widths"][min(i, len(preset["widths"]) - 1)] for i in range(n)]
-    blocks = preset["blocks"]
+    widths = [preset_widths[min(i, len(preset_widths) - 1)] for i in range(n)]
     arch_kwargs = {
         "n_stages": n, "features_per_stage": widths, "conv_op": kwargs["conv_op"],
         "kernel_sizes": copy.deepcopy(kwargs["kernel_sizes"]), "strides": copy.deepcopy(kwargs["strides"]),
@@ -170,38 +243,65 @@ def _stunet_architecture(name: str, config: dict, options: dict) -> List[str]:
         "dropout_op": kwargs.get("dropout_op"), "dropout_op_kwargs": copy.deepcopy(kwargs.get("dropout_op_kwargs")),
         "nonlin": kwargs["nonlin"], "nonlin_kwargs": copy.deepcopy(kwargs.get("nonlin_kwargs", {"inplace": True})),
     }
-    config["architecture"] = {"network_class_name": RESENC_CLASS, "arch_kwargs": arch_kwargs,
-                              "_kw_requires_import": list(RESENC_REQUIRES_IMPORT)}
-    cut = "" if n == len(preset["widths"]) else f" (STU-Net's {len(preset['widths'])} stages, the plans' {n})"
-    return [f"{preset['suffix']}: widths {widths}{cut}, {blocks} residual block(s) per encoder stage, {2 * blocks} "
+    config["architecture"] = {"network_class_name": spec.class_path, "arch_kwargs": arch_kwargs,
+                              "_kw_requires_import": list(spec.requires_import)}
+    cut = "" if n == len(preset_widths) else f" (STU-Net's {len(preset_widths)} stages, the plans' {n})"
+    return [f"{spec.suffix}: widths {widths}{cut}, {blocks} residual block(s) per encoder stage, {2 * blocks} "
             f"convolutions per decoder stage, the plans' strides and kernel sizes; patch {list(config['patch_size'])} "
             f"kept"]
 
 
-def _custom_architecture(name: str, config: dict, options: dict) -> List[str]:
-    """Rewrite ``config`` (a private copy) for PCT-Net or TransBTS (3D only): the plans' first strides (as many as
-    the network has stages; [2, 2, 2] where the plans have fewer), the patch rounded up to a multiple of their
-    product, and for TransBTS the patch its position embedding is built for; returns notes."""
-    spec = CUSTOM_BACKBONES[name]
-    patch = [int(p) for p in config["patch_size"]]
-    if len(patch) != 3:
-        raise ValueError(f"{name} is 3D only, the configuration's patch is {patch}")
-    source = config["architecture"]
-    same = source["network_class_name"] == spec["class"]
-    kwargs = copy.deepcopy(source["arch_kwargs"]) if same else {}
-    planned = [list(st) for st in source["arch_kwargs"].get("strides", [[1, 1, 1]])]
-    strides = (planned + [[2, 2, 2]] * spec["n_strides"])[:spec["n_strides"]] if not same else kwargs["strides"]
-    kwargs.update(options)
-    kwargs["strides"] = strides
-    product = [int(np.prod([st[a] for st in strides])) for a in range(3)]
-    new_patch = [int(np.ceil(p / m) * m) for p, m in zip(patch, product)]
-    kwargs["patch_size"] = new_patch
-    config["patch_size"] = new_patch
-    config["architecture"] = {"network_class_name": spec["class"], "arch_kwargs": kwargs, "_kw_requires_import": []}
-    notes = [f"{spec['suffix']}: strides {strides} (the plans' first {spec['n_strides']})"]
-    if new_patch != patch:
-        notes.append(f"patch {patch} -> {new_patch} for {spec['suffix']} (multiples of {product})")
-    return notes
+def _stunet(suffix: str, widths: Sequence[int], blocks: int) -> BackboneSpec:
+    return BackboneSpec(RESENC_CLASS, suffix, stunet_architecture, requested_patch=replanned_topology,
+                        defaults={"widths": list(widths), "blocks": blocks}, requires_import=RESENC_REQUIRES_IMPORT)
+
+
+BACKBONES: Dict[str, BackboneSpec] = {
+    # Hatamizadeh et al. 2022 / research-contributions SwinUNETR/BRATS21: feature size 48
+    "swin_unetr": BackboneSpec(f"{MONAI_MODULE}.SwinUNETRBackbone", "SwinUNETR", monai_architecture,
+                               defaults={"feature_size": 48}),
+    # Myronenko 2018, Table 1: 32 initial filters, blocks (1, 2, 2, 4), GroupNorm(8), ReLU; deep supervision through
+    # MONAI's SegResNetDS
+    "segresnet": BackboneSpec(f"{MONAI_MODULE}.SegResNetBackbone", "SegResNet", monai_architecture,
+                              defaults={"init_filters": 32, "blocks_down": [1, 2, 2, 4],
+                                        "norm": ["group", {"num_groups": 8}], "act": ["relu", {"inplace": True}]},
+                              deep_supervision=segresnet_deep_supervision),
+    # Hatamizadeh et al. 2022 (UNETR): ViT-B/16, feature size 16 (MONAI's defaults); img_size is the patch
+    "unetr": BackboneSpec(f"{MONAI_MODULE}.UNETRBackbone", "UNETR", monai_architecture,
+                          defaults={"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12},
+                          patch_kwarg="img_size"),
+    # STU-Net presets (uni-medical/STU-Net network_training/STUNetTrainer.py; paper Table 1)
+    "stunet_s": _stunet("STUNetS", [16, 32, 64, 128, 256, 256], blocks=1),
+    "stunet_b": _stunet("STUNetB", [32, 64, 128, 256, 512, 512], blocks=1),
+    "stunet_l": _stunet("STUNetL", [64, 128, 256, 512, 1024, 1024], blocks=2),
+    # networks written in this package (architectures/), 3D only, strides from the plans
+    "pctnet": BackboneSpec("nnunetv2_ext.architectures.pctnet.PCTNet", "PCTNet", plans_strides_architecture,
+                           spatial_dims=(3,), patch_kwarg="patch_size"),
+    "transbts": BackboneSpec("nnunetv2_ext.architectures.transbts.TransBTS", "TransBTS", plans_strides_architecture,
+                             spatial_dims=(3,), patch_kwarg="patch_size"),
+}
+BACKBONE_NAMES: Tuple[str, ...] = tuple(BACKBONES)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry row of ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the names).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONE_NAMES)}")
+    return BACKBONES[name]
+
+
+def backbone_class_name(name: str) -> str:
+    """The dotted ``network_class_name`` a backbone's plans use."""
+    return backbone_spec(name).class_path
+
+
+def default_plans_name(source_plans_name: str, name: str) -> str:
+    """``nnUNetPlans`` + ``swin_unetr`` -> ``nnUNetPlans_SwinUNETR``."""
+    return f"{source_plans_name}_{backbone_spec(name).suffix}"
 
 
 def backbone_architecture(name: str, configuration: dict, patch_size: Optional[Sequence[int]] = None,
@@ -212,20 +312,22 @@ def backbone_architecture(name: str, configuration: dict, patch_size: Optional[S
         name: one of ``BACKBONE_NAMES``.
         configuration: an nnU-Net plans configuration with an ``architecture`` (left unchanged).
         patch_size: a patch to use instead of the planned one (e.g. Taheri Otaghsara et al. 2025's 96^3 for Swin
-            UNETR); rounded up for MONAI backbones, re-planned with nnU-Net's topology rules for STU-Net.
+            UNETR); the spec's ``requested_patch`` applies it: rounded up to what the network accepts (MONAI
+            backbones, PCT-Net, TransBTS), re-planned with nnU-Net's topology rules for STU-Net.
         batch_size: a batch size to use instead of the planned one.
         **options: MONAI backbones: constructor arguments of the wrapper (``feature_size``, ``depths``, ...;
-            SegResNet also ``deep_supervision``); a configuration already naming the same backbone keeps its
-            arguments and takes these on top. STU-Net: none.
+            SegResNet also ``deep_supervision``), PCT-Net and TransBTS: constructor arguments of the network; a
+            configuration already naming the same backbone keeps its arguments and takes these on top. STU-Net:
+            none.
 
     Returns:
         (new configuration, notes): the notes say what changed beyond the network (patch rounding, stage count).
 
     Raises:
-        ValueError: unknown name (the message lists the names), no ``architecture``, a patch that is not 2D or 3D,
-            options that are not JSON-serialisable or not accepted.
+        ValueError: unknown name (the message lists the names), no ``architecture``, a patch of a dimensionality
+            the backbone does not build (``spatial_dims``), options that are not JSON-serialisable or not accepted.
     """
-    _check_name(name)
+    spec = backbone_spec(name)
     if "architecture" not in configuration:
         raise ValueError("the configuration has no 'architecture' (it inherits one: derive the configuration it "
                          "inherits from)")
@@ -233,23 +335,15 @@ def backbone_architecture(name: str, configuration: dict, patch_size: Optional[S
     notes: List[str] = []
     if patch_size is not None:
         patch_size = [int(p) for p in patch_size]
-        if name in STUNET_PRESETS:
-            from nnunetv2_ext.planning.multi_encoder_plans import adapt_topology_to_patch
-
-            config = adapt_topology_to_patch(config, patch_size)
-        elif len(patch_size) != len(config["patch_size"]):
-            raise ValueError(f"patch size {patch_size} has {len(patch_size)} axes, the configuration "
-                             f"{len(config['patch_size'])}")
+        config = spec.requested_patch(config, patch_size)
         notes.append(f"patch {list(configuration['patch_size'])} -> {patch_size} (requested)")
         config["patch_size"] = patch_size
     if batch_size is not None:
         notes.append(f"batch size {configuration.get('batch_size')} -> {int(batch_size)} (requested)")
         config["batch_size"] = int(batch_size)
-    if len(config["patch_size"]) not in SPATIAL_DIMS:
-        raise ValueError(f"{name} builds 2D and 3D networks, the patch is {config['patch_size']}")
-    build = _monai_architecture if name in MONAI_BACKBONES else \
-        _custom_architecture if name in CUSTOM_BACKBONES else _stunet_architecture
-    notes += build(name, config, options)
+    if len(config["patch_size"]) not in spec.spatial_dims:
+        raise ValueError(f"{name} {spec.dims_rule()}, the patch is {config['patch_size']}")
+    notes += spec.builder(name, spec, config, options)
     return config, notes
 
 
@@ -278,7 +372,7 @@ def derive_backbone_plans(plans: dict, dataset_json: dict, name: str, plans_name
         ValueError: unknown name, a preset naming a configuration the plans lack or an unknown preset key, options
             the backbone refuses.
     """
-    _check_name(name)
+    spec = backbone_spec(name)
     preset = preset or {}
     unknown = set(preset) - {"description", "configurations", "backbone"}
     if unknown:
@@ -299,11 +393,8 @@ def derive_backbone_plans(plans: dict, dataset_json: dict, name: str, plans_name
         if "architecture" not in config:
             notes.append(f"{cname}: inherits its network from {config.get('inherits_from', '?')}")
             continue
-        if len(config["patch_size"]) not in SPATIAL_DIMS:
-            notes.append(f"{cname}: skipped, {name} builds 2D and 3D networks, the patch is {config['patch_size']}")
-            continue
-        if name in CUSTOM_BACKBONES and len(config["patch_size"]) != 3:
-            notes.append(f"{cname}: skipped, {name} is 3D only, the patch is {config['patch_size']}")
+        if len(config["patch_size"]) not in spec.spatial_dims:
+            notes.append(f"{cname}: skipped, {name} {spec.dims_rule()}, the patch is {config['patch_size']}")
             continue
         derived, config_notes = backbone_architecture(name, config, **per_config.get(cname, {}), **options)
         new["configurations"][cname] = derived
@@ -327,7 +418,7 @@ def write_backbone_plans(dataset: str | int, name: str, source_plans: str = "nnU
     """
     from nnunetv2_ext.io_utils import atomic_write_json, load_json, preprocessed_dataset_folder
 
-    _check_name(name)
+    backbone_spec(name)
     folder = preprocessed_dataset_folder(dataset)
     source_file = folder / f"{source_plans}.json"
     if not source_file.is_file():

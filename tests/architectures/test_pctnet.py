@@ -113,6 +113,18 @@ def test_built_by_nnunet_get_network_from_plans():
     assert [tuple(o.shape) for o in out] == expected_shapes(PCTNet.default_strides)
 
 
+@pytest.mark.parametrize("strides, planned, rounded, rule", [
+    (None, [17, 40, 33], [24, 48, 48], "multiples of [8, 16, 16]"),
+    (ISOTROPIC, [17, 40, 33], [32, 48, 48], "multiples of [16, 16, 16]"),
+])
+def test_valid_patch_size_rounds_up_to_a_patch_the_network_takes(strides, planned, rounded, rule):
+    """The rule the planning code applies (planning.backbones rounds the plans' patch with it)."""
+    assert PCTNet.valid_patch_size(planned, strides=strides) == rounded
+    assert PCTNet.patch_rule(strides=strides) == rule
+    net = tiny_net(patch_size=rounded, strides=strides, deep_supervision=False)
+    assert net(tiny_input(rounded)).shape == (1, NUM_CLASSES, *rounded)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(patch_size=[30, 48, 32]), r"patch size must be divisible by \[8, 16, 16\]"),
     (dict(patch_size=[32, 48]), "3D-only"),

@@ -98,6 +98,19 @@ def test_built_by_nnunet_get_network_from_plans():
     assert [tuple(o.shape) for o in out] == expected_shapes(TransBTS.default_strides)
 
 
+@pytest.mark.parametrize("strides, planned, rounded, rule", [
+    (None, [30, 40, 33], [32, 40, 40], "multiples of [8, 8, 8]"),
+    (ANISOTROPIC, [30, 40, 33], [32, 40, 40], "multiples of [4, 8, 8]"),
+    (ANISOTROPIC, [10, 41, 16], [12, 48, 16], "multiples of [4, 8, 8]"),
+])
+def test_valid_patch_size_rounds_up_to_a_patch_the_network_takes(strides, planned, rounded, rule):
+    """The rule the planning code applies (planning.backbones rounds the plans' patch with it)."""
+    assert TransBTS.valid_patch_size(planned, strides=strides) == rounded
+    assert TransBTS.patch_rule(strides=strides) == rule
+    net = tiny_net(patch_size=rounded, strides=strides, deep_supervision=False)
+    assert net(tiny_input(rounded)).shape == (1, NUM_CLASSES, *rounded)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(patch_size=[36, 48, 32]), "patch size must be divisible by 8"),
     (dict(patch_size=[32, 48, 32], strides=ANISOTROPIC[:3] + [[2, 4, 2]]), "1 or 2"),

@@ -1,21 +1,29 @@
-"""Tests for nnunetv2_ext.planning.backbones (pure functions on a real, shrunk nnU-Net plans file)."""
+"""Tests for nnunetv2_ext.planning.backbones (pure functions on a real, shrunk nnU-Net plans file).
+
+Properties are checked for every row of the registry (``BACKBONES``), so a new backbone is tested without a row
+here; the known values below are the ones users rely on (plans names on disk, presets)."""
 import copy
 import json
+import pydoc
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunetv2_ext.planning.backbones import (BACKBONE_NAMES, RESENC_CLASS, STUNET_PRESETS, SWIN_UNETR_SEED000_PRESET,
-                                             backbone_architecture, backbone_class_name, derive_backbone_plans,
-                                             write_backbone_plans)
+from nnunetv2_ext.planning.backbones import (BACKBONE_NAMES, BACKBONES, RESENC_CLASS, SWIN_UNETR_SEED000_PRESET,
+                                             backbone_architecture, backbone_class_name, default_plans_name,
+                                             derive_backbone_plans, stunet_architecture, write_backbone_plans)
+from nnunetv2_ext.training.backbones import supports_deep_supervision
 from tests.conftest import write_tiny_preprocessed
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MONAI = ("swin_unetr", "segresnet", "unetr")
+# the plans names existing users' files have: a backbone's suffix never changes
 SUFFIXES = {"swin_unetr": "SwinUNETR", "segresnet": "SegResNet", "unetr": "UNETR", "stunet_s": "STUNetS",
             "stunet_b": "STUNetB", "stunet_l": "STUNetL", "pctnet": "PCTNet", "transbts": "TransBTS"}
+STUNET_PRESETS = {name: spec.defaults for name, spec in BACKBONES.items() if spec.builder is stunet_architecture}
 
 
 def _without(d, *keys):
@@ -30,12 +38,54 @@ def _count(config, num_classes=3):
 
 
 def test_names_and_default_plans_names(plans, dataset_json):
-    assert set(BACKBONE_NAMES) == set(SUFFIXES)
+    assert BACKBONE_NAMES == tuple(BACKBONES)
+    assert set(SUFFIXES) <= set(BACKBONE_NAMES)
+    assert set(STUNET_PRESETS) == {"stunet_s", "stunet_b", "stunet_l"}
     for name, suffix in SUFFIXES.items():
+        assert BACKBONES[name].suffix == suffix
+    suffixes = [spec.suffix for spec in BACKBONES.values()]
+    assert len(set(suffixes)) == len(suffixes), suffixes  # two backbones never write the same plans file
+    for name, spec in BACKBONES.items():
+        # a plans name is a file name and part of nnU-Net's "<trainer>__<plans>__<configuration>" folder names
+        assert re.fullmatch(r"[A-Za-z0-9]+", spec.suffix), spec.suffix
         new, _ = derive_backbone_plans(plans, dataset_json, name)
-        assert new["plans_name"] == f"nnUNetPlans_{suffix}"
+        assert new["plans_name"] == default_plans_name("nnUNetPlans", name) == f"nnUNetPlans_{spec.suffix}"
     new, _ = derive_backbone_plans(plans, dataset_json, "segresnet", plans_name="Mine")
     assert new["plans_name"] == "Mine"
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_registry_row_is_consistent(name):
+    spec = BACKBONES[name]
+    cls = pydoc.locate(spec.class_path)  # what nnU-Net's get_network_from_plans resolves
+    assert isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls is spec.network_class()
+    assert backbone_class_name(name) == spec.class_path
+    assert spec.spatial_dims and set(spec.spatial_dims) <= {2, 3}
+    with pytest.raises(TypeError):
+        spec.defaults["new"] = 1  # presets are data, read-only
+    with pytest.raises(AttributeError):
+        spec.suffix = "Other"  # frozen
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_derived_plans_build_a_network_that_takes_the_patch(plans, dataset_json, name):
+    """Each builder's plans, built the way nnU-Net builds them, run on an input of the derived patch (the smallest
+    configuration the backbone builds: 2D where it can)."""
+    new, _ = derive_backbone_plans(plans, dataset_json, name)
+    dims = min(BACKBONES[name].spatial_dims)
+    cname = next(c for c, conf in new["configurations"].items() if len(conf["patch_size"]) == dims)
+    config = PlansManager(new).get_configuration(cname)
+    arch = config.configuration["architecture"]
+    torch.manual_seed(0)
+    net = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                 config.network_arch_init_kwargs_req_import, 4, 3, allow_init=False,
+                                 deep_supervision=supports_deep_supervision(arch))
+    assert isinstance(net, pydoc.locate(BACKBONES[name].class_path))
+    net.decoder.deep_supervision = False  # nnU-Net's inference
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 4, *config.patch_size))
+    assert tuple(out.shape) == (1, 3, *config.patch_size)
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
@@ -46,7 +96,7 @@ def test_derive_keeps_everything_else_and_copies(plans, dataset_json, name):
     assert _without(new, "plans_name", "configurations") == _without(plans, "plans_name", "configurations")
     for cname, config in plans["configurations"].items():
         derived = new["configurations"][cname]
-        if name in ("pctnet", "transbts") and len(config["patch_size"]) == 2:
+        if len(config["patch_size"]) not in BACKBONES[name].spatial_dims:
             assert derived == config  # 3D-only networks leave 2D configurations as planned
             continue
         # spacing, normalisation, data identifier (the preprocessed data is reused), resampling, batch size: as planned
