@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from nnunetv2_ext.planning.backbones import BACKBONE_NAMES
+
 
 def _plans(args: argparse.Namespace) -> None:
     from nnunetv2_ext.planning.multi_encoder_plans import write_multi_encoder_plans
@@ -214,9 +216,7 @@ def _proxy_run(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
-# kept equal to planning.backbones.BACKBONE_NAMES by a test (no torch import to build the parser)
-ARCHITECTURES = ("multi_encoder", "swin_unetr", "segresnet", "unetr", "stunet_s", "stunet_b", "stunet_l", "pctnet",
-                 "transbts")
+ARCHITECTURES = ("multi_encoder",) + BACKBONE_NAMES  # the registry's names (planning.backbones imports no torch)
 
 
 def build_parser() -> argparse.ArgumentParser:

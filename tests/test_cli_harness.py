@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +120,26 @@ def test_weights_inspect_offers_every_known_format():
     assert tuple(action.choices) == FORMATS
 
 
-def test_plans_offers_every_backbone():
+def test_plans_offers_every_backbone_and_refuses_others(capsys):
     from nnunetv2_ext.planning.backbones import BACKBONE_NAMES
 
-    assert cli.ARCHITECTURES == ("multi_encoder",) + BACKBONE_NAMES
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["plans", "--help"])
+    help_text = capsys.readouterr().out
+    arch = help_text[help_text.index("--arch"):]
+    for name in ("multi_encoder",) + BACKBONE_NAMES:
+        assert name in arch, name
+    assert cli.build_parser().parse_args(["plans", "4", "--arch", BACKBONE_NAMES[-1]]).arch == BACKBONE_NAMES[-1]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["plans", "4", "--arch", "no_such_backbone"])
+    assert exit_info.value.code == 2
+    assert "--arch: invalid choice: 'no_such_backbone'" in capsys.readouterr().err
+
+
+def test_parser_imports_no_torch():
+    """`nnunetv2_ext --help` and the parser stay light: the backbone names come from a module without torch."""
+    code = ("import sys; import nnunetv2_ext.cli as cli; cli.build_parser(); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'nnunetv2')); "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
