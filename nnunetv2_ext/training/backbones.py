@@ -16,9 +16,20 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunetv2_ext.planning.backbones import backbone_architecture
+from nnunetv2_ext.planning.backbones import backbone_architecture, backbone_spec
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
+
+# the trainers nnU-Net's -tr finds (the discovery shim re-exports them)
+__all__ = [
+    "nnUNetTrainerBackbone", "nnUNetTrainerBackbone_debug",
+    "nnUNetTrainerSwinUNETR", "nnUNetTrainerSwinUNETR_debug",
+    "nnUNetTrainerUNETR", "nnUNetTrainerUNETR_debug",
+    "nnUNetTrainerSegResNet", "nnUNetTrainerSegResNet_debug",
+    "nnUNetTrainerPCTNet", "nnUNetTrainerPCTNet_debug",
+    "nnUNetTrainerTransBTS", "nnUNetTrainerTransBTS_debug",
+    "nnUNetTrainerVolumeFusionBackbone", "nnUNetTrainerVolumeFusionBackbone_debug",
+]
 
 
 def supports_deep_supervision(architecture: dict) -> bool:
@@ -62,9 +73,10 @@ class SquaredSoftDiceLoss(nn.Module):
 class BackboneMixin(ExtTrainerBase):
     """What a trainer needs for a network other than nnU-Net's U-Nets.
 
-    - ``backbone`` (class attribute, a name of ``nnunetv2_ext.planning.backbones.BACKBONE_NAMES``): derived from the
-      given plans in ``__init__`` (patch rounded, logged) and again in ``build_network_architecture`` (inference
-      with plans that name another network); ``None``: build what the plans name.
+    - ``backbone`` (class attribute, a name of the registry ``nnunetv2_ext.planning.backbones.BACKBONES``, checked
+      when the class is defined): derived from the given plans in ``__init__`` (patch rounded, logged) and again in
+      ``build_network_architecture`` (inference with plans that name another network), all by the registry's rules;
+      ``None``: build what the plans name.
     - ``backbone_options``: constructor arguments of the backbone, applied on top of the plans' (debug trainers
       shrink the network with them).
     - Deep supervision is switched off when the network has none (``enable_deep_supervision = False``), and nnU-Net's
@@ -73,6 +85,15 @@ class BackboneMixin(ExtTrainerBase):
     """
     backbone = None
     backbone_options: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.backbone is not None:
+            try:
+                backbone_spec(cls.backbone)
+            except ValueError as e:
+                raise ValueError(f"{cls.__name__}.backbone: {e} (add a row to BACKBONES in "
+                                 f"nnunetv2_ext/planning/backbones.py for a new one)") from None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
