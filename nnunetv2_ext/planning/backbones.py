@@ -93,7 +93,8 @@ class BackboneSpec:
         class_path: the dotted ``network_class_name`` its plans use (nnU-Net resolves it with ``pydoc.locate``).
         suffix: plans-name suffix: ``nnUNetPlans`` -> ``nnUNetPlans_<suffix>``; also names the network in notes.
         builder: writes the architecture (and the patch the network accepts) into a configuration; one of
-            :func:`monai_architecture`, :func:`plans_strides_architecture`, :func:`stunet_architecture`, or a new one.
+            :func:`monai_architecture`, :func:`plans_strides_architecture`, :func:`unet_kwargs_architecture`,
+            :func:`stunet_architecture`, or a new one.
         requested_patch: how a requested ``patch_size`` enters the configuration before the builder runs:
             :func:`same_topology` (the network's rule rounds it) or :func:`replanned_topology`.
         spatial_dims: the patch dimensionalities it builds; other configurations are skipped with a note.
@@ -130,6 +131,13 @@ class BackboneSpec:
         return f"builds {' and '.join(f'{d}D' for d in self.spatial_dims)} networks"
 
 
+def _check_json(name: str, kwargs: dict) -> None:
+    try:
+        json.dumps(kwargs)
+    except TypeError as e:
+        raise ValueError(f"{name} options must be JSON-serialisable (they are written into the plans): {e}") from None
+
+
 def _network_architecture(name: str, spec: BackboneSpec, cls: type, config: dict, kwargs: dict) -> List[str]:
     """The patch rounded by the network's rule, and the architecture with ``kwargs`` written; returns notes."""
     patch = [int(p) for p in config["patch_size"]]
@@ -139,10 +147,7 @@ def _network_architecture(name: str, spec: BackboneSpec, cls: type, config: dict
         notes.append(f"patch {patch} -> {new_patch} for {spec.suffix} ({cls.patch_rule(**kwargs)})")
     if spec.patch_kwarg is not None:
         kwargs[spec.patch_kwarg] = new_patch
-    try:
-        json.dumps(kwargs)
-    except TypeError as e:
-        raise ValueError(f"{name} options must be JSON-serialisable (they are written into the plans): {e}") from None
+    _check_json(name, kwargs)
     config["patch_size"] = new_patch
     config["architecture"] = {"network_class_name": spec.class_path, "arch_kwargs": kwargs,
                               "_kw_requires_import": list(spec.requires_import)}
@@ -218,19 +223,44 @@ def plans_strides_architecture(name: str, spec: BackboneSpec, config: dict, opti
         _network_architecture(name, spec, cls, config, kwargs)
 
 
+def _unet_topology(spec: BackboneSpec, source: dict) -> dict:
+    """The arch kwargs of the configuration's nnU-Net U-Net, checked to hold a topology."""
+    kwargs = source["arch_kwargs"]
+    needed = ("n_stages", "strides", "kernel_sizes", "conv_op", "norm_op", "nonlin")
+    missing = [k for k in needed if k not in kwargs]
+    if missing:
+        raise ValueError(f"{spec.suffix} takes its topology (strides, kernel sizes, conv/norm ops) from an nnU-Net "
+                         f"U-Net configuration; {source['network_class_name']} lacks {missing}: derive from nnU-Net's "
+                         f"own plans (e.g. nnUNetPlans)")
+    return kwargs
+
+
+def unet_kwargs_architecture(name: str, spec: BackboneSpec, config: dict, options: dict) -> List[str]:
+    """Builder of networks that take the dynamic-network-architectures U-Net constructor (STYLE habit 2: the
+    ``PlainConvUNet`` / ``ResidualEncoderUNet`` keyword arguments plus JSON-serialisable extras): the configuration's
+    U-Net arch kwargs with the class replaced, ``defaults`` and then ``options`` on top; topology and patch kept.
+    Derive from plans of the U-Net whose arguments the network takes (``nnUNetPlans`` for ``PlainConvUNet``'s); with
+    ``requested_patch=replanned_topology`` a requested patch gets the strides nnU-Net's planner gives it."""
+    source = config["architecture"]
+    if source["network_class_name"] == spec.class_path:
+        kwargs = copy.deepcopy(source["arch_kwargs"])
+    else:
+        kwargs = {**copy.deepcopy(_unet_topology(spec, source)), **copy.deepcopy(dict(spec.defaults))}
+    kwargs.update(copy.deepcopy(options))
+    _check_json(name, kwargs)
+    requires_import = source.get("_kw_requires_import", list(spec.requires_import))
+    config["architecture"] = {"network_class_name": spec.class_path, "arch_kwargs": kwargs,
+                              "_kw_requires_import": list(requires_import)}
+    return [f"{spec.suffix}: the plans' U-Net arguments ({kwargs['n_stages']} stages); patch "
+            f"{list(config['patch_size'])} kept"]
+
+
 def stunet_architecture(name: str, spec: BackboneSpec, config: dict, options: dict) -> List[str]:
     """Builder of the STU-Net presets (``defaults``: ``widths`` per stage, residual ``blocks`` per stage) on the
     residual nnU-Net, with the topology of the configuration's U-Net; the patch is kept."""
     if options:
         raise ValueError(f"{name} takes no options besides patch_size and batch_size, got {sorted(options)}")
-    source = config["architecture"]
-    kwargs = source["arch_kwargs"]
-    needed = ("n_stages", "strides", "kernel_sizes", "conv_op", "norm_op", "nonlin")
-    missing = [k for k in needed if k not in kwargs]
-    if missing:
-        raise ValueError(f"STU-Net takes its topology (strides, kernel sizes, conv/norm ops) from an nnU-Net U-Net "
-                         f"configuration; {source['network_class_name']} lacks {missing}: derive from nnU-Net's own "
-                         f"plans (e.g. nnUNetPlans)")
+    kwargs = _unet_topology(spec, config["architecture"])
     preset_widths, blocks = list(spec.defaults["widths"]), spec.defaults["blocks"]
     n = int(kwargs["n_stages"])
     widths = [preset_widths[min(i, len(preset_widths) - 1)] for i in range(n)]

@@ -13,9 +13,11 @@ import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2_ext.planning.backbones import (BACKBONE_NAMES, BACKBONES, RESENC_CLASS, SWIN_UNETR_SEED000_PRESET,
-                                             backbone_architecture, backbone_class_name, default_plans_name,
-                                             derive_backbone_plans, stunet_architecture, write_backbone_plans)
+                                             BackboneSpec, backbone_architecture, backbone_class_name,
+                                             default_plans_name, derive_backbone_plans, replanned_topology,
+                                             stunet_architecture, unet_kwargs_architecture, write_backbone_plans)
 from nnunetv2_ext.training.backbones import supports_deep_supervision
 from tests.conftest import write_tiny_preprocessed
 
@@ -105,6 +107,36 @@ def test_derive_keeps_everything_else_and_copies(plans, dataset_json, name):
         assert all(n >= o for n, o in zip(derived["patch_size"], config["patch_size"]))
         assert derived["architecture"]["network_class_name"] == backbone_class_name(name)
         json.dumps(derived)  # JSON-serialisable
+
+
+class WidePlainUNet(PlainConvUNet):
+    """PlainConvUNet's constructor plus a JSON-serialisable extra; added by the registry row of the test below."""
+
+    def __init__(self, *args, features_per_stage, width: int = 1, **kwargs):
+        super().__init__(*args, features_per_stage=[f * width for f in features_per_stage], **kwargs)
+
+
+def test_one_registry_row_adds_a_backbone_with_the_unet_constructor(plans, dataset_json, monkeypatch):
+    monkeypatch.setitem(BACKBONES, "wide_plain", BackboneSpec(
+        f"{__name__}.WidePlainUNet", "WidePlain", unet_kwargs_architecture, requested_patch=replanned_topology,
+        defaults={"width": 2}))
+    new, notes = derive_backbone_plans(plans, dataset_json, "wide_plain")
+    assert new["plans_name"] == "nnUNetPlans_WidePlain"
+    for cname, config in plans["configurations"].items():
+        arch, source = new["configurations"][cname]["architecture"], config["architecture"]
+        assert arch["network_class_name"] == f"{__name__}.WidePlainUNet"
+        assert arch["arch_kwargs"] == {**source["arch_kwargs"], "width": 2}
+        assert arch["_kw_requires_import"] == source["_kw_requires_import"]
+        assert new["configurations"][cname]["patch_size"] == config["patch_size"]
+    assert "3d_fullres: WidePlain: the plans' U-Net arguments (4 stages); patch [32, 40, 32] kept" in notes
+    assert _count(new["configurations"]["2d"]) > _count(plans["configurations"]["2d"])  # built by nnU-Net: wider
+    again, _ = derive_backbone_plans(new, dataset_json, "wide_plain", plans_name=new["plans_name"])
+    assert again == new
+    replanned, _ = backbone_architecture("wide_plain", plans["configurations"]["3d_fullres"], patch_size=[64] * 3)
+    assert replanned["architecture"]["arch_kwargs"]["n_stages"] == 5
+    assert _count(replanned) > 0
+    with pytest.raises(ValueError, match="WidePlain takes its topology .* derive from nnU-Net's own plans"):
+        backbone_architecture("wide_plain", backbone_architecture("swin_unetr", plans["configurations"]["2d"])[0])
 
 
 def test_patch_rounding_and_notes(plans, dataset_json):
