@@ -73,7 +73,8 @@ class ExtTrainerBase(nnUNetTrainer):
         """Transfer ``fname`` into the network (any checkpoint of this package or nnU-Net) and save the report."""
         from nnunetv2_ext.dataset_json import channel_names
         from nnunetv2_ext.transfer import transfer_weights
-        from nnunetv2_ext.transfer.formats import read_weights, swin_prefix_of, with_source_notes
+        from nnunetv2_ext.transfer.formats import read_weights, swin_prefix_of
+        from nnunetv2_ext.transfer.report import with_source_notes
 
         self._refuse_to_overwrite()  # before the report is written: a refused run leaves its fold folder as it was
         if not self.was_initialized:

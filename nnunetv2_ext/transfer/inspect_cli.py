@@ -1,8 +1,9 @@
 """What a checkpoint holds and, given a target network, what would load where: ``nnunetv2_ext weights inspect FILE``.
 
 ``inspect_weights`` reads the file exactly as training would (:func:`~nnunetv2_ext.transfer.formats.read_weights`:
-format detection, ``weights_only`` loading, key mapping, axis permutation) and, with a target, runs the transfer as a
-dry run (:func:`~nnunetv2_ext.transfer.transfer.transfer_weights` is pure: nothing is loaded into the target).
+the format table's detection and reader, ``weights_only`` loading, key mapping, axis permutation) and, with a
+target, runs the transfer as a dry run (:func:`~nnunetv2_ext.transfer.transfer.transfer_weights` is pure: nothing is
+loaded into the target).
 
 ``build_target_network`` builds the network a training would build from a preprocessed dataset, its plans and a
 trainer, through nnU-Net's own ``PlansManager`` and the trainer's ``build_network_architecture``. The trainer is
@@ -21,8 +22,10 @@ from typing import List, Optional, Sequence
 from torch import nn
 
 from nnunetv2_ext.dataset_json import channel_names
-from nnunetv2_ext.transfer.formats import (AXIS_ORDERS, ExternalWeights, input_projection, read_weights,
-                                           swin_prefix_of, with_source_notes)
+from nnunetv2_ext.transfer.axes import AXIS_ORDERS
+from nnunetv2_ext.transfer.checkpoint import ExternalWeights
+from nnunetv2_ext.transfer.formats import input_projection, read_weights, swin_prefix_of
+from nnunetv2_ext.transfer.report import with_source_notes
 from nnunetv2_ext.transfer.transfer import transfer_weights
 
 

@@ -10,140 +10,33 @@ report)``. It handles the cases nnU-Net's exact-match loader refuses (nnU-Net is
 
 Input channels whose modality the source never saw get a new kernel slice, He-initialised as in BrainSegFounder's
 2 -> 4 channel expansion (Cox et al. 2024, "BrainSegFounder: Towards 3D Foundation Models for Neuroimage
-Segmentation", sec. 2.4.1: "adding two new channels, whose weights were randomly initialized
-using the Kaiming initialization method"), or the mean of the pretrained channels' kernels.
+Segmentation", sec. 2.4.1), or the mean of the pretrained channels' kernels: :mod:`nnunetv2_ext.transfer.input_kernel`,
+the one adaptation of input projections. The report is :mod:`nnunetv2_ext.transfer.report`'s.
 """
 from __future__ import annotations
 
-import math
-import os
 import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from nnunetv2_ext.io_utils import atomic_write_json, atomic_write_text
 from nnunetv2_ext.transfer.checkpoint import SourceWeights, strip_prefixes
+from nnunetv2_ext.transfer.input_kernel import (NEW_MODALITY_INITS, adapt_input_kernel, mean_input_kernel,
+                                                new_channel_note, same_beyond_input_channels)
+from nnunetv2_ext.transfer.report import TransferEntry, TransferReport, format_shape
 
-ACTIONS = ("loaded", "adapted", "new", "ignored")
-NEW_MODALITY_INITS = ("kaiming", "mean")
 # what a transfer copies: "all" (encoders and decoder; the segmentation heads never) or "encoder" (encoders only, the
 # decoder keeps the target's fresh initialisation)
 TRANSFER_SCOPES = ("all", "encoder")
 _DECODER_STAGE = re.compile(r"^decoder\.(?:stages|transpconvs|seg_layers)\.(\d+)\.")
-# negative slope nnU-Net's InitWeights_He uses for kaiming_normal_ (and MultiEncoderUNet.initialize)
-HE_NEG_SLOPE = 1e-2
 SEG_HEAD = ".seg_layers."
 DECODER_ALIAS = "decoder.encoder."
 _MULTI_KEY = re.compile(r"^encoder\.encoders\.(\d+)\.")
 _FUSION_CONV = re.compile(r"^encoder\.fusions\.\d+\.proj\.0\.weight$")
 _ALL_MODULES = re.compile(r"^(.*)\.all_modules\.(\d+)\.([^.]+)$")
 _BLOCK_CHILDREN = ("conv", "norm", "dropout", "nonlin")  # dynamic-network-architectures ConvDropoutNormReLU
-
-
-@dataclass
-class TransferEntry:
-    """What happened to one tensor.
-
-    Attributes:
-        target_key: key in the target network (None for ``ignored`` source tensors).
-        action: ``loaded`` (copied unchanged), ``adapted`` (built from pretrained tensors: channels selected,
-            reordered or averaged), ``new`` (the target's own fresh initialisation kept) or ``ignored`` (a source
-            tensor nothing used).
-        source_key, source_shape, target_shape: the tensors involved (None where there is none).
-        note: why, in words.
-    """
-
-    target_key: Optional[str]
-    action: str
-    source_key: Optional[str]
-    source_shape: Optional[tuple]
-    target_shape: Optional[tuple]
-    note: str = ""
-
-
-def _fmt_shape(shape: Optional[tuple]) -> str:
-    if shape is None:
-        return "-"
-    return "x".join(str(s) for s in shape) if len(shape) else "scalar"
-
-
-@dataclass
-class TransferReport:
-    """Per-tensor record of a transfer: loaded / adapted / new / ignored, with shapes (STYLE habit 4).
-
-    Only canonical target keys are listed: ``decoder.encoder.*`` and ``*.all_modules.*`` keys are the same tensors as
-    ``encoder.*`` and ``*.conv``/``*.norm`` (dynamic-network-architectures registers them twice) and follow them;
-    ``n_aliases`` counts them.
-    """
-
-    entries: List[TransferEntry]
-    source: str
-    target: str = ""
-    notes: List[str] = field(default_factory=list)
-    mapping: List[str] = field(default_factory=list)
-    n_aliases: int = 0
-
-    def counts(self) -> Dict[str, int]:
-        """Number of entries per action (every action present, zeros included)."""
-        out = {a: 0 for a in ACTIONS}
-        for e in self.entries:
-            out[e.action] += 1
-        return out
-
-    def to_json(self) -> dict:
-        """JSON-serialisable dict: source, target, counts, notes, encoder mapping and every entry."""
-        entries = []
-        for e in self.entries:
-            d = asdict(e)
-            d["source_shape"] = list(e.source_shape) if e.source_shape is not None else None
-            d["target_shape"] = list(e.target_shape) if e.target_shape is not None else None
-            entries.append(d)
-        return {"source": self.source, "target": self.target, "counts": self.counts(), "notes": list(self.notes),
-                "mapping": list(self.mapping), "n_aliases": self.n_aliases, "entries": entries}
-
-    def count_line(self) -> str:
-        c = self.counts()
-        return (f"{c['loaded']} loaded, {c['adapted']} adapted, {c['new']} new, {c['ignored']} ignored "
-                f"({len(self.entries)} entries; {self.n_aliases} alias keys follow their canonical key)")
-
-    def table(self) -> str:
-        """Fixed-width table (key, source shape, target shape, action, note), then the count line.
-
-        For ``ignored`` rows the key column holds the source key.
-        """
-        header = ("key", "source shape", "target shape", "action", "note")
-        rows = [(e.target_key if e.target_key is not None else e.source_key or "-", _fmt_shape(e.source_shape),
-                 _fmt_shape(e.target_shape), e.action, e.note) for e in self.entries]
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-        lines = []
-        for r in [header] + rows:
-            lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
-        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 4)
-        lines.append(self.count_line())
-        return "\n".join(line.rstrip() for line in lines)
-
-    def summary(self) -> str:
-        """Source, target, notes and encoder mapping above :meth:`table`: what ``transfer_report.txt`` holds."""
-        head = [f"source: {self.source}", f"target: {self.target}"]
-        head += [f"note: {n}" for n in self.notes]
-        head += [f"mapping: {m}" for m in self.mapping]
-        return "\n".join(head + ["", self.table()]) + "\n"
-
-    def save(self, folder: str | os.PathLike) -> Tuple[Path, Path]:
-        """Write ``transfer_report.json`` and ``transfer_report.txt`` into ``folder`` (each atomically).
-
-        Returns:
-            (json path, txt path).
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        json_path = atomic_write_json(self.to_json(), folder / "transfer_report.json", overwrite=True)
-        txt_path = atomic_write_text(self.summary(), folder / "transfer_report.txt", overwrite=True)
-        return json_path, txt_path
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -415,23 +308,10 @@ class _Transfer:
     def _cast(self, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return value.detach().to(device=like.device, dtype=like.dtype).clone()
 
-    def _new_channel(self, out: torch.Tensor, p: int, mean_kernel: torch.Tensor) -> None:
-        if self.mode == "mean":
-            out[:, p] = mean_kernel.to(out.dtype)
-        elif self.generator is not None:
-            fan_in = out.shape[1] * math.prod(out.shape[2:])
-            std = math.sqrt(2.0 / (1 + HE_NEG_SLOPE ** 2)) / math.sqrt(fan_in)
-            draw = torch.randn(out[:, p].shape, generator=self.generator, dtype=torch.float32) * std
-            out[:, p] = draw.to(device=out.device, dtype=out.dtype)
-
-    def _new_channel_note(self, names: Sequence[str]) -> str:
-        if self.mode == "mean":
-            how = "mean of the pretrained channels' kernels"
-        elif self.generator is not None:
-            how = "He (Kaiming) init redrawn, BrainSegFounder (Cox et al. 2024) sec. 2.4.1"
-        else:
-            how = "target's He (Kaiming) init kept, BrainSegFounder (Cox et al. 2024) sec. 2.4.1"
-        return f"new {', '.join(names)} ({how})"
+    def _adapt(self, tval: torch.Tensor, slices: Sequence[Optional[torch.Tensor]], mean: torch.Tensor
+               ) -> Tuple[torch.Tensor, str]:
+        """:func:`~nnunetv2_ext.transfer.input_kernel.adapt_input_kernel` with this transfer's init and generator."""
+        return adapt_input_kernel(tval, slices, self.mode, mean, self.generator)
 
     # -- decisions ----------------------------------------------------------------------------------------------------
     def _in_proj(self, i: int, j: int, tkey: str, tval: torch.Tensor) -> Tuple[torch.Tensor, TransferEntry]:
@@ -441,28 +321,27 @@ class _Transfer:
         if skey is None:
             return tval, self._entry(tkey, "new", None, "source encoder has no input convolution")
         ks = self.s_state[skey]
-        if ks.ndim != tval.ndim or ks.shape[0] != tval.shape[0] or ks.shape[2:] != tval.shape[2:]:
-            return tval, self._entry(tkey, "new", skey, f"input convolution: source {_fmt_shape(tuple(ks.shape))} vs "
-                                                        f"target {_fmt_shape(tuple(tval.shape))} differ beyond the "
+        if not same_beyond_input_channels(ks, tval):
+            return tval, self._entry(tkey, "new", skey, f"input convolution: source {format_shape(tuple(ks.shape))} vs "
+                                                        f"target {format_shape(tuple(tval.shape))} differ beyond the "
                                                         f"input channels: target init kept")
-        out = tval.clone()
-        mean_kernel = ks.float().mean(1)
+        slices: List[Optional[torch.Tensor]] = []
         copied, borrowed, fresh = [], [], []
-        for p, name in enumerate(self._group_names("target", enc)):
+        for name in self._group_names("target", enc):
             loc = self.s_loc.get(_norm_name(name))
             other = self.src.encoders[loc[0]] if loc is not None else None
             if loc is not None and loc[0] == j:
-                out[:, p] = self._cast(ks[:, loc[1]], tval)
+                slices.append(ks[:, loc[1]])
                 copied.append(name)
             elif loc is not None and other.in_proj is not None and \
-                    self.s_state[other.in_proj].shape[0] == ks.shape[0] and \
-                    self.s_state[other.in_proj].shape[2:] == ks.shape[2:]:
+                    same_beyond_input_channels(self.s_state[other.in_proj], ks):
                 okey = self._src(other.in_proj)
-                out[:, p] = self._cast(self.s_state[okey][:, loc[1]], tval)
+                slices.append(self.s_state[okey][:, loc[1]])
                 borrowed.append(f"{name} (from source encoder {loc[0]})")
             else:
-                self._new_channel(out, p, mean_kernel)
+                slices.append(None)
                 fresh.append(name)
+        out, action = self._adapt(tval, slices, mean_input_kernel([ks]))
         exact = not fresh and not borrowed and ks.shape == tval.shape and \
             [_norm_name(n) for n in self._group_names("source", senc)] == \
             [_norm_name(n) for n in self._group_names("target", enc)]
@@ -474,23 +353,15 @@ class _Transfer:
         if borrowed:
             parts.append(f"copied {', '.join(borrowed)}")
         if fresh:
-            parts.append(self._new_channel_note(fresh))
-        if exact:
-            action = "loaded"
-        elif not copied and not borrowed and self.mode == "kaiming":
-            action = "new"
-        else:
-            action = "adapted"
-        return out, self._entry(tkey, action, skey, "; ".join(parts))
+            parts.append(new_channel_note(fresh, self.mode, self.generator))
+        return out, self._entry(tkey, "loaded" if exact else action, skey, "; ".join(parts))
 
     def _mean_of_encoders(self, rest: str, tkey: str, tval: torch.Tensor, is_in_proj: bool
                           ) -> Tuple[torch.Tensor, TransferEntry]:
         """Rule for a target encoder with no pretrained modality under new_modality_init='mean'."""
         if is_in_proj:
-            keys = [s.in_proj for s in self.src.encoders if s.in_proj is not None
-                    and self.s_state[s.in_proj].ndim == tval.ndim
-                    and self.s_state[s.in_proj].shape[0] == tval.shape[0]
-                    and self.s_state[s.in_proj].shape[2:] == tval.shape[2:]]
+            keys = [s.in_proj for s in self.src.encoders
+                    if s.in_proj is not None and same_beyond_input_channels(self.s_state[s.in_proj], tval)]
         else:
             keys = [s.prefix + rest for s in self.src.encoders
                     if s.prefix + rest in self.s_state and self.s_state[s.prefix + rest].shape == tval.shape]
@@ -500,8 +371,7 @@ class _Transfer:
         for k in keys:
             self._src(k)
         if is_in_proj:
-            kernel = torch.stack([self.s_state[k].float().mean(1) for k in keys]).mean(0)
-            value = self._cast(kernel.unsqueeze(1).expand(tval.shape), tval)
+            value, _ = self._adapt(tval, [None] * tval.shape[1], mean_input_kernel([self.s_state[k] for k in keys]))
         elif tval.is_floating_point():
             value = self._cast(torch.stack([self.s_state[k].float() for k in keys]).mean(0), tval)
         else:
@@ -528,8 +398,8 @@ class _Transfer:
         sval = self.s_state[skey]
         if sval.shape != tval.shape:
             return tval, self._entry(tkey, "new", skey, f"encoder width differs: source "
-                                                        f"{_fmt_shape(tuple(sval.shape))} vs target "
-                                                        f"{_fmt_shape(tuple(tval.shape))}: target init kept")
+                                                        f"{format_shape(tuple(sval.shape))} vs target "
+                                                        f"{format_shape(tuple(tval.shape))}: target init kept")
         return self._cast(sval, tval), self._entry(tkey, "loaded", skey, origin)
 
     def _fusion_conv(self, tkey: str, tval: torch.Tensor) -> Tuple[torch.Tensor, TransferEntry]:
@@ -545,8 +415,8 @@ class _Transfer:
         if ks.ndim != tval.ndim or ks.shape[0] != tval.shape[0] or ks.shape[2:] != tval.shape[2:] or \
                 tval.shape[1] % max(n_t, 1) or ks.shape[1] % max(n_s, 1) or w_t != w_s:
             return tval, self._entry(tkey, "new", skey, f"fusion input blocks differ: source "
-                                                        f"{_fmt_shape(tuple(ks.shape))} ({n_s} encoders) vs target "
-                                                        f"{_fmt_shape(tuple(tval.shape))} ({n_t} encoders): target "
+                                                        f"{format_shape(tuple(ks.shape))} ({n_s} encoders) vs target "
+                                                        f"{format_shape(tuple(tval.shape))} ({n_t} encoders): target "
                                                         f"init kept")
         out = tval.clone()
         blocks = []
@@ -567,7 +437,7 @@ class _Transfer:
         if skey is None:
             return tval, self._entry(tkey, "new", None, "not in the source")
         ks = self.s_state[skey]
-        if ks.ndim != tval.ndim or ks.shape[0] != tval.shape[0] or ks.shape[2:] != tval.shape[2:]:
+        if not same_beyond_input_channels(ks, tval):
             return self._generic(tkey, tval)
         s_names = list(self.src.names) if self.src.names and len(self.src.names) == ks.shape[1] else \
             [f"ch{c}" for c in range(ks.shape[1])]
@@ -578,21 +448,15 @@ class _Transfer:
         loc = {}
         for c, n in enumerate(s_names):
             loc.setdefault(_norm_name(n), c)
-        out, mean_kernel, copied, fresh = tval.clone(), ks.float().mean(1), [], []
-        for p, name in enumerate(t_names):
-            c = loc.get(_norm_name(name))
-            if c is not None:
-                out[:, p] = self._cast(ks[:, c], tval)
-                copied.append(name)
-            else:
-                self._new_channel(out, p, mean_kernel)
-                fresh.append(name)
+        slices = [ks[:, loc[_norm_name(n)]] if _norm_name(n) in loc else None for n in t_names]
+        out, action = self._adapt(tval, slices, mean_input_kernel([ks]))
+        copied = [n for n, piece in zip(t_names, slices) if piece is not None]
+        fresh = [n for n, piece in zip(t_names, slices) if piece is None]
         parts = [f"[{', '.join(t_names)}] from source [{', '.join(s_names)}]"]
         if copied:
             parts.append(f"copied {', '.join(copied)}")
         if fresh:
-            parts.append(self._new_channel_note(fresh))
-        action = "adapted" if copied or self.mode == "mean" else "new"
+            parts.append(new_channel_note(fresh, self.mode, self.generator))
         return out, self._entry(tkey, action, skey, "; ".join(parts))
 
     def _generic(self, tkey: str, tval: torch.Tensor) -> Tuple[torch.Tensor, TransferEntry]:
@@ -601,8 +465,8 @@ class _Transfer:
             return tval, self._entry(tkey, "new", None, "not in the source")
         sval = self.s_state[skey]
         if sval.shape != tval.shape:
-            return tval, self._entry(tkey, "new", skey, f"shape differs: source {_fmt_shape(tuple(sval.shape))} vs "
-                                                        f"target {_fmt_shape(tuple(tval.shape))}: target init kept")
+            return tval, self._entry(tkey, "new", skey, f"shape differs: source {format_shape(tuple(sval.shape))} vs "
+                                                        f"target {format_shape(tuple(tval.shape))}: target init kept")
         return self._cast(sval, tval), self._entry(tkey, "loaded", skey)
 
     def decide(self, tkey: str) -> Tuple[torch.Tensor, TransferEntry]:
@@ -632,7 +496,7 @@ class _Transfer:
             entries.append(entry)
         if not any(e.action in ("loaded", "adapted") for e in entries):
             def listing(state: Mapping[str, torch.Tensor], keys: Sequence[str]) -> str:
-                return "; ".join(f"{k} {_fmt_shape(tuple(state[k].shape))}" for k in keys[:8])
+                return "; ".join(f"{k} {format_shape(tuple(state[k].shape))}" for k in keys[:8])
             raise ValueError(
                 f"no tensor of {self.source.describe()} matches the target network {type(self.target).__name__}. "
                 f"Source keys (first 8 of {len(self.s_keys)}): {listing(self.s_state, self.s_keys)}. Target keys "

@@ -166,3 +166,23 @@ def test_network_weights_not_a_state_dict(tmp_path):
     torch.save({"network_weights": {"a": 1}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="network_weights"):
         read_checkpoint(tmp_path / "bad.pth")
+
+
+def test_read_checkpoint_is_the_tables_nnunet_and_state_dict_readers(tmp_path, plain_state):
+    """read_checkpoint has no reader of its own: it returns what read_weights returns for the same file."""
+    from nnunetv2_ext.transfer.formats import read_weights
+
+    torch.save(nnunet_checkpoint(plain_state, ["T1", "FLAIR"], "x.PlainConvUNet"), tmp_path / "c.pth")
+    torch.save(plain_state, tmp_path / "sd.pth")
+    for name, fmt in (("c.pth", "nnunet"), ("sd.pth", "state_dict")):
+        a, b = read_checkpoint(tmp_path / name), read_weights(tmp_path / name)
+        assert a.format == b.format == fmt and list(a.state) == list(b.state)
+        assert (a.modality_names, a.network_class, a.trainer_name) == (b.modality_names, b.network_class,
+                                                                       b.trainer_name)
+        assert b.notes[1:] == a.notes  # read_weights adds only the detection note
+
+
+def test_text_file_is_named_as_no_pytorch_file(tmp_path):
+    (tmp_path / "README.pth").write_text("weights are on the lab server\n")
+    with pytest.raises(ValueError, match=r"not a readable PyTorch checkpoint: it starts with b'weights are on t'"):
+        read_checkpoint(tmp_path / "README.pth")

@@ -1,12 +1,10 @@
-"""read_weights / detect_format / permute_spatial_axes / inspect_weights: each format written as its producer writes
-it, read, transferred, and the target's tensors compared value by value."""
+"""The format table (read_weights / detect_format): each format written as its producer writes it, read, transferred,
+and the target's tensors compared value by value."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 
-import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
@@ -14,21 +12,23 @@ from torch import nn
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.transfer import transfer_weights
-from nnunetv2_ext.transfer.formats import (ExternalWeights, detect_format, encoder_only, permute_spatial_axes,
-                                           read_weights, swin_prefix_of, unpermuted_spatial_keys, with_source_notes)
-from nnunetv2_ext.transfer.inspect_cli import build_target_network, inspect_target, inspect_weights
+from nnunetv2_ext.transfer.axes import permute_spatial_axes
+from nnunetv2_ext.transfer.checkpoint import load_object
+from nnunetv2_ext.transfer.formats import (CHECKPOINT_FORMATS, FORMATS, ExternalWeights, checkpoint_format, detect,
+                                           detect_format, encoder_only, read_weights, swin_prefix_of)
+from nnunetv2_ext.transfer.inspect_cli import inspect_weights
+from nnunetv2_ext.transfer.report import with_source_notes
 from tests.transfer.test_checkpoint import nnunet_checkpoint
 
 monai = pytest.importorskip("monai")
 from monai.networks.nets import SwinUNETR  # noqa: E402
-from monai.networks.nets.swin_unetr import PatchMerging, PatchMergingV2, SwinTransformer  # noqa: E402
+from monai.networks.nets.swin_unetr import SwinTransformer  # noqa: E402
 
 from nnunetv2_ext.architectures.monai_backbones import SwinUNETRBackbone  # noqa: E402
 
 NAMES4 = ["T1", "T1Gd", "T2", "FLAIR"]
 SWIN = dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 6, 12, 24))
 PATCH_EMBED = "swinViT.patch_embed.proj.weight"
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "planning", "fixtures")
 
 
 def randomize(net: nn.Module, seed: int) -> nn.Module:
@@ -396,22 +396,6 @@ def test_brainsegfounder_keeps_t1_and_flair_slices_by_name(brainsegfounder):
     assert entry.action == "adapted" and "T1Gd" in entry.note and "T2" in entry.note
 
 
-def test_report_warns_when_a_pretrained_input_projection_is_lost():
-    """with_source_notes flags an input projection the transfer left 'new': its pretrained channels are lost."""
-    from nnunetv2_ext.transfer import TransferEntry, TransferReport
-
-    key = "net." + PATCH_EMBED
-    lost = TransferEntry(key, "new", key, (12, 2, 2, 2, 2), (12, 4, 2, 2, 2), "shape differs")
-    report = TransferReport(entries=[lost, TransferEntry("net.b", "loaded", "net.b", (3,), (3,))], source="s")
-    w = ExternalWeights(state={}, modality_names=["T1", "FLAIR"], notes=["format x"],
-                        keys_to_in_proj=("net.swinViT.patch_embed.proj",), permuted_keys=["net.b"])
-    noted = with_source_notes(report, w)
-    assert noted.notes[0] == "format x"
-    assert any(n.startswith("WARNING") and "12x2x2x2x2 [T1, FLAIR]" in n and "lost" in n for n in noted.notes)
-    assert noted.entries[1].note == "spatial axes permuted to nnunet" and report.entries[1].note == ""
-    assert report.notes == []
-
-
 def test_monai_weights_into_a_unet_match_nothing(research_ssl):
     path, _ = research_ssl
     torch.manual_seed(0)
@@ -419,78 +403,6 @@ def test_monai_weights_into_a_unet_match_nothing(research_ssl):
                            strides=[1, 2], num_classes=2, n_conv_per_stage=1, n_conv_per_stage_decoder=1)
     with pytest.raises(ValueError, match="no tensor of"):
         transfer_weights(read_weights(path), target)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# spatial axes
-
-
-def test_permutation_on_a_known_asymmetric_kernel():
-    kernel = torch.arange(2 * 3 * 2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 3, 4)
-    state = {"conv.weight": kernel, "conv.bias": torch.arange(2.0), "lin.weight": torch.randn(4, 5),
-             "one.weight": torch.randn(2, 3, 1, 1, 1)}
-    out, permuted = permute_spatial_axes(state, "monai", "nnunet")
-    assert permuted == ["conv.weight"]
-    assert out["conv.weight"].shape == (2, 3, 4, 3, 2)
-    for o, i, a, b, c in np.ndindex(*out["conv.weight"].shape):
-        assert out["conv.weight"][o, i, a, b, c] == kernel[o, i, c, b, a]
-    for k in ("conv.bias", "lin.weight", "one.weight"):
-        assert torch.equal(out[k], state[k])
-    assert torch.equal(permute_spatial_axes(out, "nnunet", "monai")[0]["conv.weight"], kernel)
-    same, none = permute_spatial_axes(state, "nnunet", "nnunet")
-    assert none == [] and same is not state and all(same[k] is state[k] for k in state)
-    with pytest.raises(ValueError, match="axis order"):
-        permute_spatial_axes(state, "monai", "xyz")
-
-
-def test_relative_position_bias_table_offsets_reversed():
-    w, heads = 3, 2  # window 3: offsets -2..2 per axis, a (5*5*5, heads) table
-    table = torch.randn((2 * w - 1) ** 3, heads)
-    out, permuted = permute_spatial_axes({"attn.relative_position_bias_table": table}, "monai", "nnunet")
-    grid, new = table.reshape(5, 5, 5, heads), out["attn.relative_position_bias_table"].reshape(5, 5, 5, heads)
-    for a, b, c in np.ndindex(5, 5, 5):
-        assert torch.equal(new[a, b, c], grid[c, b, a])
-    assert permuted == ["attn.relative_position_bias_table"]
-    pos = {"vit.pos_embed": torch.randn(1, 27, 4), "vit.cls_pos_embed": torch.randn(1, 28, 4)}
-    out, permuted = permute_spatial_axes(pos, "monai", "nnunet")
-    assert permuted == ["vit.pos_embed"]
-    assert torch.equal(out["vit.pos_embed"].reshape(3, 3, 3, 4), pos["vit.pos_embed"].reshape(3, 3, 3, 4)
-                       .permute(2, 1, 0, 3))
-    assert unpermuted_spatial_keys(out, permuted) == []
-
-
-@pytest.mark.parametrize("merging, cls", [("merging", PatchMerging), ("mergingv2", PatchMergingV2)])
-def test_patch_merging_is_equivariant_after_permutation(merging, cls):
-    torch.manual_seed(0)
-    a, b = randomize(cls(dim=3), seed=1), cls(dim=3)
-    state = {f"downsample.{k}": v for k, v in a.state_dict().items()}
-    out, permuted = permute_spatial_axes(state, "monai", "nnunet", merging=merging)
-    assert len(permuted) == 3
-    b.load_state_dict({k[len("downsample."):]: v for k, v in out.items()})
-    x = torch.randn(2, 4, 6, 8, 3)  # (B, D, H, W, C), MONAI's channels-last layout inside the Swin ViT
-    with torch.no_grad():
-        torch.testing.assert_close(b(x.permute(0, 3, 2, 1, 4)), a(x).permute(0, 3, 2, 1, 4))
-
-
-def test_permuted_swin_vit_computes_the_same_on_permuted_input():
-    """The Swin ViT (patch embedding, window attention with relative position bias, shifted windows, patch merging):
-    f'(x permuted) == f(x) permuted at every stage. Window 2, so that no stage shrinks its window (MONAI then indexes
-    its relative position table with the first n entries of the full window, which no permutation can make
-    axis-symmetric); depth 2 in the first stages for shifted windows. (SwinUNETR's convolutional encoder/decoder
-    blocks are plain kernels: test_permutation_on_a_known_asymmetric_kernel.)"""
-    kw = dict(in_chans=2, embed_dim=12, window_size=(2, 2, 2), patch_size=(2, 2, 2), depths=(2, 2, 1, 1),
-              num_heads=(3, 6, 12, 24))
-    torch.manual_seed(0)
-    a, b = randomize(SwinTransformer(**kw), seed=9).double().eval(), SwinTransformer(**kw).double().eval()
-    b.load_state_dict(permute_spatial_axes(a.state_dict(), "monai", "nnunet")[0])
-    x = torch.randn(1, 2, 32, 32, 32, dtype=torch.float64)
-    with torch.no_grad():
-        ya, yb = a(x), b(x.permute(0, 1, 4, 3, 2))
-        assert len(ya) == 5
-        for stage_a, stage_b in zip(ya, yb):
-            torch.testing.assert_close(stage_b, stage_a.permute(0, 1, 4, 3, 2))
-        b.load_state_dict(a.state_dict())  # and without the permutation the outputs differ: the test can fail
-        assert (b(x.permute(0, 1, 4, 3, 2))[4] - ya[4].permute(0, 1, 4, 3, 2)).abs().max() > 1e-2
 
 
 def test_encoder_only_helper():
@@ -550,42 +462,26 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path, research_ssl):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# inspect
+# the table
 
 
-def test_inspect_mentions_format_channels_and_modalities(brainsegfounder):
-    path, _ = brainsegfounder
-    text = inspect_weights(path)
-    assert "format: brainsegfounder" in text and "input channels: 2" in text and "modalities: T1, FLAIR" in text
-    assert "encoder only: yes" in text and "permuted" in text
-
-    target = backbone(4)
-    before = {k: v.clone() for k, v in target.state_dict().items()}
-    text = inspect_weights(path, target=target, target_modalities=NAMES4)
-    assert "dry run into SwinUNETRBackbone" in text and "net.swinViT.layers1.0.blocks.0.attn.qkv.weight" in text
-    assert "loaded" in text and "ignored" in text
-    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # nothing loaded
-
-
-def test_build_target_network_and_inspect_target(tmp_path):
-    folder = tmp_path / "Dataset992_SyntheticBraTS"
-    folder.mkdir()
-    for name, as_name in (("dataset_tiny.json", "dataset.json"), ("nnUNetPlans_tiny.json", "nnUNetPlans.json")):
-        (folder / as_name).write_text(open(os.path.join(FIXTURES, name)).read())
-    net = build_target_network(folder, "nnUNetPlans", "3d_fullres", "nnUNetTrainer")
-    assert isinstance(net, PlainConvUNet) and net.encoder.stages[0][0].convs[0].conv.in_channels == 4
-    with pytest.raises(ValueError, match="configuration '3d_lowres'"):
-        build_target_network(folder, "nnUNetPlans", "3d_lowres", "nnUNetTrainer")
-    with pytest.raises(ValueError, match="nnUNet_extTrainer"):
-        build_target_network(folder, "nnUNetPlans", "3d_fullres", "nnUNetTrainerDoesNotExist")
-
-    # a T1 + FLAIR nnU-Net checkpoint of the same plans: the dry run adapts the first conv to the 4 channels
+def test_one_table_names_the_formats_and_each_layout_is_claimed_by_one_row(tmp_path, research_ssl, brainsegfounder,
+                                                                            swinunetr_file, nnssl_file):
+    assert FORMATS == tuple(row.name for row in CHECKPOINT_FORMATS) and CHECKPOINT_FORMATS[-1].name == "state_dict"
     torch.manual_seed(0)
-    arch = json.loads((folder / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
-    kw = {k: v for k, v in arch["arch_kwargs"].items() if k not in arch["_kw_requires_import"]}
-    source = PlainConvUNet(2, num_classes=3, conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, nonlin=nn.LeakyReLU, **kw)
-    torch.save(nnunet_checkpoint(source.state_dict(), ["T1", "FLAIR"],
-                                 "dynamic_network_architectures.architectures.unet.PlainConvUNet"), tmp_path / "c.pth")
-    text = inspect_target(tmp_path / "c.pth", folder, "nnUNetPlans", "3d_fullres", "nnUNetTrainer")
-    assert "format: nnunet" in text and "dry run into PlainConvUNet" in text and "input channels: 2" in text
-    assert "adapted" in text and "new T1Gd, T2" in text
+    plain = PlainConvUNet(2, n_stages=2, features_per_stage=[4, 8], conv_op=nn.Conv3d, kernel_sizes=3,
+                          strides=[1, 2], num_classes=2, n_conv_per_stage=1, n_conv_per_stage_decoder=1).state_dict()
+    torch.save(nnunet_checkpoint(plain, ["T1", "FLAIR"], "x.PlainConvUNet"), tmp_path / "nnunet.pth")
+    torch.save({"model": ddp(plain)}, tmp_path / "plain.pt")
+    files = {"nnunet": tmp_path / "nnunet.pth", "nnssl": nnssl_file[0], "monai_swin_ssl": research_ssl[0],
+             "monai_swin": swinunetr_file[0], "brainsegfounder": brainsegfounder[0],
+             "state_dict": tmp_path / "plain.pt"}
+    assert sorted(files) == sorted(FORMATS)
+    for fmt, path in files.items():
+        obj = load_object(path)
+        claims = [row.name for row in CHECKPOINT_FORMATS if row.detect(obj) is not None]
+        assert [c for c in claims if c != "state_dict"] == ([fmt] if fmt != "state_dict" else []), (fmt, claims)
+        assert detect(obj)[0] is checkpoint_format(fmt)
+        assert read_weights(path).format == fmt
+    with pytest.raises(ValueError, match="unknown format 'onnx'; known: nnunet, nnssl"):
+        checkpoint_format("onnx")
