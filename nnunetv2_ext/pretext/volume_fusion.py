@@ -31,6 +31,7 @@ import torch
 
 __all__ = [
     "VolumeFusionConfig",
+    "scale_extent_range",
     "scaled_extents",
     "sample_boxes",
     "boxes_to_label",
@@ -112,18 +113,19 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Box extent range (min, max) per axis, scaled from ``cfg.ref_shape`` to ``patch_shape``.
+def scale_extent_range(ref_shape, min_extent, max_extent, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Extent range (min, max) per axis given at ``ref_shape``, scaled to ``patch_shape``.
 
-    The paper's extents (Wang et al. 2023, MIS-FM, sec. 4: 8-40 x 8-80 x 8-80) refer to a 64 x 128 x 128
-    sub-volume; here they are scaled by ``patch / ref`` per axis (rounded half up), then kept within
-    ``[1, patch size]`` with ``min <= max``.  For a 2D patch the last two axes of the config are used.
+    Each bound is scaled by ``patch / ref`` per axis (rounded half up), then kept within ``[1, patch size]`` with
+    ``min <= max``.  For a 2D patch the last two axes of ``ref_shape`` / ``min_extent`` / ``max_extent`` are used.
+    Shared by the pretexts whose paper gives box or patch sizes for one sub-volume size (Volume Fusion, patch
+    swapping).
     """
     shape = _check_spatial_shape(patch_shape)
     nd = len(shape)
-    ref = cfg.ref_shape[-nd:]
-    lo_ref = cfg.min_extent[-nd:]
-    hi_ref = cfg.max_extent[-nd:]
+    ref = tuple(ref_shape)[-nd:]
+    lo_ref = tuple(min_extent)[-nd:]
+    hi_ref = tuple(max_extent)[-nd:]
     lows, highs = [], []
     for s, r, lo, hi in zip(shape, ref, lo_ref, hi_ref):
         ratio = s / r
@@ -132,6 +134,17 @@ def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...
         lows.append(l_)
         highs.append(h)
     return tuple(lows), tuple(highs)
+
+
+def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Box extent range (min, max) per axis, scaled from ``cfg.ref_shape`` to ``patch_shape``.
+
+    The paper's extents (Wang et al. 2023, MIS-FM, sec. 4: 8-40 x 8-80 x 8-80) refer to a 64 x 128 x 128
+    sub-volume; here they are scaled by ``patch / ref`` per axis (rounded half up), then kept within
+    ``[1, patch size]`` with ``min <= max`` (:func:`scale_extent_range`).  For a 2D patch the last two axes of the
+    config are used.
+    """
+    return scale_extent_range(cfg.ref_shape, cfg.min_extent, cfg.max_extent, patch_shape)
 
 
 def sample_boxes(
