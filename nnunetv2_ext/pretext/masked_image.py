@@ -40,6 +40,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from nnunetv2_ext.pretext.checks import check_images, is_int
 from nnunetv2_ext.pretext.swin_proxies import masked_l1
 
 __all__ = [
@@ -55,10 +56,6 @@ __all__ = [
 ]
 
 MASK_FILLS = ("zero", "mean", "noise")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ class MaskedImageConfig:
         except TypeError:
             raise ValueError(f"MaskedImageConfig.patch_size must be 3 ints >= 1 (z, y, x), got "
                              f"{self.patch_size!r}") from None
-        if len(p) != 3 or not all(_is_int(v) and v >= 1 for v in p):
+        if len(p) != 3 or not all(is_int(v) and v >= 1 for v in p):
             raise ValueError(f"MaskedImageConfig.patch_size must be 3 ints >= 1 (z, y, x), got {self.patch_size!r}")
         if self.fill not in MASK_FILLS:
             raise ValueError(f"MaskedImageConfig.fill must be one of {MASK_FILLS}, got {self.fill!r}")
@@ -114,7 +111,7 @@ def random_patch_mask(batch: int, spatial_shape, cfg: MaskedImageConfig = Masked
     Per sample exactly ``n = round(mask_ratio * n_patches)`` (kept within ``1 .. n_patches - 1``) patches of the
     grid of :func:`patch_grid_shape`, chosen uniformly (the first ``n`` of a random permutation, as MAE / SimMIM).
     """
-    if not _is_int(batch) or batch < 1:
+    if not is_int(batch) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     shape = tuple(int(s) for s in spatial_shape)
     grid = patch_grid_shape(shape, cfg)
@@ -143,13 +140,7 @@ def mask_patches(images: torch.Tensor, cfg: MaskedImageConfig = MaskedImageConfi
     ``cfg.fill``; ``targets`` a copy of ``images``; ``mask`` bool (B, 1, *spatial), True = masked (the voxels the
     loss :func:`masked_l1` counts). All random numbers come from ``generator`` (on its device).
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"mask_patches needs a torch.Tensor, got {type(images).__name__}")
-    if images.dim() not in (4, 5):
-        raise ValueError(f"mask_patches needs images (B, C, *spatial) with 2 or 3 spatial dimensions, got shape "
-                         f"{tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"mask_patches needs floating-point images, got {images.dtype}")
+    check_images(images, "mask_patches")
     b = images.shape[0]
     mask = random_patch_mask(b, images.shape[2:], cfg, generator, images.device)
     if cfg.fill == "zero":

@@ -51,6 +51,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from nnunetv2_ext.pretext.checks import check_images, is_int
 from nnunetv2_ext.pretext.restoration import identity_mse, restoration_mse
 from nnunetv2_ext.pretext.swin_proxies import boxes_to_mask
 
@@ -71,10 +72,6 @@ __all__ = [
 # the curve's intensity at any input, far below a network's restoration error)
 BEZIER_SAMPLES = 1000
 _EPS = 1e-9
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_probability(name: str, value) -> None:
@@ -134,22 +131,12 @@ class ModelsGenesisConfig:
                              f"extent as a fraction of the axis size), got {f!r}")
         for name in ("inpaint_boxes", "outpaint_boxes"):
             v = getattr(self, name)
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"ModelsGenesisConfig.{name} must be an int >= 1, got {v!r}")
-        if not _is_int(self.border) or self.border < 0:
+        if not is_int(self.border) or self.border < 0:
             raise ValueError(f"ModelsGenesisConfig.border must be an int >= 0, got {self.border!r}")
         object.__setattr__(self, "inpaint_extent", _check_fraction_range("inpaint_extent", self.inpaint_extent))
         object.__setattr__(self, "outpaint_cut", _check_fraction_range("outpaint_cut", self.outpaint_cut))
-
-
-def _check_images(x: torch.Tensor, what: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in (4, 5):
-        raise ValueError(f"{what} needs images (B, C, *spatial) with 2 or 3 spatial dimensions, got shape "
-                         f"{tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what} needs floating-point images, got {x.dtype}")
 
 
 def _draw_device(generator: Optional[torch.Generator], fallback: torch.device) -> torch.device:
@@ -174,16 +161,16 @@ def bezier_curves(n: int, generator: Optional[torch.Generator] = None, device: t
                   samples: int = BEZIER_SAMPLES) -> Tuple[torch.Tensor, torch.Tensor]:
     """``n`` random Models Genesis intensity curves as lookup tables (Zhou et al. 2021, "non-linear transformation").
 
-    Each is the cubic Bezier curve ``B(t) = (1-t)^3 P0 + 3 (1-t)^2 t P1 + 3 (1-t) t^2 P2 + t^3 P3`` with ``P0 = (0, 0)``,
-    ``P3 = (1, 1)`` and ``P1, P2`` uniform in [0, 1]^2, sampled at ``samples`` values of t; both coordinates are sorted
-    (the curve is increasing), and with probability 1/2 the y values are reversed (a decreasing curve: the authors'
+    Each is the cubic Bezier curve ``B(t) = (1-t)^3 P0 + 3 (1-t)^2 t P1 + 3 (1-t) t^2 P2 + t^3 P3`` with
+    ``P0 = (0, 0)``, ``P3 = (1, 1)`` and ``P1, P2`` uniform in [0, 1]^2, sampled at ``samples`` values of t; both
+    coordinates are sorted (the curve is increasing), and with probability 1/2 the y values are reversed (a decreasing curve: the authors'
     "flip"). Returns ``(xs, ys)``, float32 (n, samples): knots with ``xs`` increasing from 0 to 1 and ``ys`` monotone,
     from 0 to 1 or from 1 to 0. Control points for ``P1, P2`` in [0, 1]^2 make x(t) monotone in t, so sorting keeps
     the curve a function.
     """
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
-    if not _is_int(samples) or samples < 2:
+    if not is_int(samples) or samples < 2:
         raise ValueError(f"samples must be an int >= 2, got {samples!r}")
     target = torch.device(device) if device is not None else torch.device("cpu")
     draw = _draw_device(generator, target)
@@ -216,7 +203,7 @@ def nonlinear_transform(x01: torch.Tensor, generator: Optional[torch.Generator] 
                         apply: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Map every channel of every sample of ``x01`` (B, C, *spatial), intensities in [0, 1], through its own random
     Bezier curve (:func:`bezier_curves`); samples where ``apply`` (bool (B,)) is False are returned unchanged."""
-    _check_images(x01, "nonlinear_transform")
+    check_images(x01, "nonlinear_transform")
     b, c = x01.shape[:2]
     xs, ys = bezier_curves(b * c, generator, x01.device)
     out = apply_curves(x01.reshape(b * c, -1), xs, ys).reshape(x01.shape).to(x01.dtype)
@@ -242,7 +229,7 @@ def local_pixel_shuffle(x: torch.Tensor, generator: Optional[torch.Generator] = 
     Returns ``(shuffled, window, shuffled_mask)``: ``shuffled`` like ``x``; ``window`` int64 (B, *spatial), the window
     index of each voxel within its sample; ``shuffled_mask`` bool (B, 1, *spatial), True in the shuffled windows.
     """
-    _check_images(x, "local_pixel_shuffle")
+    check_images(x, "local_pixel_shuffle")
     if not 0.0 < max_fraction <= 1.0:
         raise ValueError(f"max_fraction must lie in (0, 1], got {max_fraction}")
     if not 0.0 <= coverage <= 1.0:
@@ -301,7 +288,7 @@ def painting_boxes(batch: int, spatial_shape, extent_low: float, extent_high: fl
     shape = tuple(int(s) for s in spatial_shape)
     if len(shape) not in (2, 3) or not all(s >= 1 for s in shape):
         raise ValueError(f"painting needs 2 or 3 spatial sizes >= 1, got {shape}")
-    if not _is_int(max_boxes) or max_boxes < 1:
+    if not is_int(max_boxes) or max_boxes < 1:
         raise ValueError(f"max_boxes must be an int >= 1, got {max_boxes!r}")
     target = torch.device(device) if device is not None else torch.device("cpu")
     draw = _draw_device(generator, target)
@@ -341,7 +328,7 @@ def models_genesis(images: torch.Tensor, cfg: ModelsGenesisConfig = ModelsGenesi
     no mask (the L2 restoration loss covers all voxels). A sample that drew no transformation is its own target (the
     authors' autoencoder case). All random numbers come from ``generator`` (on its device).
     """
-    _check_images(images, "models_genesis")
+    check_images(images, "models_genesis")
     b = images.shape[0]
     spatial = tuple(images.shape[2:])
     device = images.device

@@ -33,24 +33,12 @@ from typing import Optional, Tuple
 
 import torch
 
+from nnunetv2_ext.pretext.checks import check_images, int_triple, is_int
 from nnunetv2_ext.pretext.restoration import identity_mse, restoration_mse
 from nnunetv2_ext.pretext.volume_fusion import scale_extent_range
 
-__all__ = ["PatchSwappingConfig", "swap_patch_extent", "swap_count_scale", "swap_patches", "restoration_mse", "identity_mse"]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _int_triple(name: str, value) -> Tuple[int, int, int]:
-    try:
-        t = tuple(value)
-    except TypeError:
-        raise ValueError(f"PatchSwappingConfig.{name} must be 3 ints >= 1 (z, y, x), got {value!r}") from None
-    if len(t) != 3 or not all(_is_int(v) and v >= 1 for v in t):
-        raise ValueError(f"PatchSwappingConfig.{name} must be 3 ints >= 1 (z, y, x), got {value!r}")
-    return t  # type: ignore[return-value]
+__all__ = ["PatchSwappingConfig", "swap_patch_extent", "swap_count_scale", "swap_patches", "restoration_mse",
+           "identity_mse"]
 
 
 @dataclass(frozen=True)
@@ -68,11 +56,11 @@ class PatchSwappingConfig:
     patch_extent: Tuple[int, int, int] = (8, 16, 16)
 
     def __post_init__(self) -> None:
-        if not (_is_int(self.min_swaps) and _is_int(self.max_swaps)) or not 1 <= self.min_swaps <= self.max_swaps:
+        if not (is_int(self.min_swaps) and is_int(self.max_swaps)) or not 1 <= self.min_swaps <= self.max_swaps:
             raise ValueError(f"PatchSwappingConfig needs ints with 1 <= min_swaps <= max_swaps, got "
                              f"min_swaps={self.min_swaps!r}, max_swaps={self.max_swaps!r}")
-        ref = _int_triple("ref_shape", self.ref_shape)
-        ext = _int_triple("patch_extent", self.patch_extent)
+        ref = int_triple("PatchSwappingConfig", "ref_shape", self.ref_shape)
+        ext = int_triple("PatchSwappingConfig", "patch_extent", self.patch_extent)
         if not all(e <= r for e, r in zip(ext, ref)):
             raise ValueError(f"PatchSwappingConfig needs patch_extent <= ref_shape on every axis, got {ext} and {ref}")
         object.__setattr__(self, "ref_shape", ref)
@@ -108,13 +96,7 @@ def swap_patches(images: torch.Tensor, cfg: PatchSwappingConfig = PatchSwappingC
     ``targets`` a copy of ``images``; ``mask`` bool (B, 1, *spatial), True in the swapped patches (everything outside
     is untouched). The L2 restoration loss covers all voxels. All random numbers come from ``generator``.
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"swap_patches needs a torch.Tensor, got {type(images).__name__}")
-    if images.dim() not in (4, 5):
-        raise ValueError(f"swap_patches needs images (B, C, *spatial) with 2 or 3 spatial dimensions, got shape "
-                         f"{tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"swap_patches needs floating-point images, got {images.dtype}")
+    check_images(images, "swap_patches")
     b, c = images.shape[:2]
     spatial = tuple(images.shape[2:])
     nd = len(spatial)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunetv2_ext.pretext.checks import int_triple, is_int
+
 __all__ = [
     "VolumeFusionConfig",
     "scale_extent_range",
@@ -43,22 +45,6 @@ __all__ = [
     "mean_level_dice",
     "constant_predictor_dice",
 ]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _int_triple(name: str, value) -> tuple[int, int, int]:
-    try:
-        t = tuple(value)
-    except TypeError:
-        raise ValueError(f"VolumeFusionConfig.{name} must be a sequence of 3 positive ints, got {value!r}") from None
-    if len(t) != 3 or not all(_is_int(v) for v in t):
-        raise ValueError(f"VolumeFusionConfig.{name} must be a sequence of 3 positive ints, got {value!r}")
-    if not all(v > 0 for v in t):
-        raise ValueError(f"VolumeFusionConfig.{name} must be > 0 on every axis, got {t}")
-    return t  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -80,16 +66,16 @@ class VolumeFusionConfig:
     max_extent: tuple[int, int, int] = (40, 80, 80)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.k) or self.k < 1:
+        if not is_int(self.k) or self.k < 1:
             raise ValueError(f"VolumeFusionConfig.k must be an int >= 1 (number of non-zero fusion levels), got {self.k!r}")
-        if not (_is_int(self.min_boxes) and _is_int(self.max_boxes)) or not (1 <= self.min_boxes <= self.max_boxes):
+        if not (is_int(self.min_boxes) and is_int(self.max_boxes)) or not (1 <= self.min_boxes <= self.max_boxes):
             raise ValueError(
                 "VolumeFusionConfig needs ints with 1 <= min_boxes <= max_boxes, "
                 f"got min_boxes={self.min_boxes!r}, max_boxes={self.max_boxes!r}"
             )
-        ref = _int_triple("ref_shape", self.ref_shape)
-        lo = _int_triple("min_extent", self.min_extent)
-        hi = _int_triple("max_extent", self.max_extent)
+        ref = int_triple("VolumeFusionConfig", "ref_shape", self.ref_shape)
+        lo = int_triple("VolumeFusionConfig", "min_extent", self.min_extent)
+        hi = int_triple("VolumeFusionConfig", "max_extent", self.max_extent)
         if not all(a <= b for a, b in zip(lo, hi)):
             raise ValueError(f"VolumeFusionConfig needs min_extent <= max_extent on every axis, got {lo} and {hi}")
         if not all(b <= r for b, r in zip(hi, ref)):
@@ -166,7 +152,7 @@ def sample_boxes(
     Random numbers are drawn on ``generator``'s device (the default generator of ``device`` when None) and the
     results are moved to ``device``.
     """
-    if not _is_int(batch) or batch < 1:
+    if not is_int(batch) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     shape = _check_spatial_shape(spatial_shape)
     target = torch.device(device) if device is not None else torch.device("cpu")
@@ -292,7 +278,7 @@ def fusion_level_confusion(prediction: torch.Tensor, target: torch.Tensor, k: in
     if prediction.shape != target.shape:
         raise ValueError(f"prediction and target must have the same shape, got {tuple(prediction.shape)} and "
                          f"{tuple(target.shape)}")
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     levels = torch.arange(1, k + 1, device=target.device).view(k, *([1] * target.dim()))
     pred, tgt = prediction[None] == levels, target[None] == levels
@@ -303,7 +289,7 @@ def fusion_level_confusion(prediction: torch.Tensor, target: torch.Tensor, k: in
 
 def class_counts(target: torch.Tensor, k: int) -> torch.Tensor:
     """Voxels of each class 0..K in ``target`` (int64 (K + 1,)); raises ``ValueError`` for labels outside 0..K."""
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     flat = target.reshape(-1).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > k):

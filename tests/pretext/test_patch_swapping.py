@@ -32,7 +32,8 @@ def test_config_defaults_and_scaling():
 @pytest.mark.parametrize("kwargs, rule", [
     ({"min_swaps": 0}, "1 <= min_swaps <= max_swaps"),
     ({"min_swaps": 5, "max_swaps": 4}, "1 <= min_swaps <= max_swaps"),
-    ({"patch_extent": (8, 0, 16)}, "3 ints >= 1"),
+    ({"patch_extent": (8, 0, 16)}, "> 0 on every axis"),
+    ({"patch_extent": (8, 16)}, "3 positive ints"),
     ({"patch_extent": (8, 200, 16)}, "patch_extent <= ref_shape"),
 ])
 def test_bad_config_raises_with_the_rule(kwargs, rule):
