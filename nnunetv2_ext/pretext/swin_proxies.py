@@ -34,6 +34,8 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from nnunetv2_ext.pretext.checks import check_images
+
 
 __all__ = [
     "N_ROTATIONS",
@@ -76,16 +78,6 @@ LOSS_WEIGHTS = {"reconstruction": 1.0, "rotation": 1.0, "contrastive": 1.0}
 ROTATION_CHANCE = 1.0 / N_ROTATIONS
 
 
-def _check_images(x: torch.Tensor, what: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in (4, 5):
-        raise ValueError(f"{what} needs images (B, C, *spatial) with 2 or 3 spatial dimensions, got shape "
-                         f"{tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what} needs floating-point images, got {x.dtype}")
-
-
 def _draw_device(generator: Optional[torch.Generator], x: torch.Tensor) -> torch.device:
     return generator.device if generator is not None else x.device
 
@@ -96,7 +88,7 @@ def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     ``torch.rot90(x[n], k[n], dims=(-2, -1))`` per sample (MONAI Pretrain ``ops.rot_rand``), computed with one
     ``rot90`` per distinct k. ``k`` is taken modulo 4 (k = 4 is the identity). Odd k need equal last two sizes.
     """
-    _check_images(x, "rotate")
+    check_images(x, "rotate")
     k = torch.as_tensor(k, device=x.device).long().reshape(-1)
     if k.numel() != x.shape[0]:
         raise ValueError(f"rotate needs one k per sample: {x.shape[0]} samples, got {k.numel()} values")
@@ -120,7 +112,7 @@ def random_rotation(x: torch.Tensor, generator: Optional[torch.Generator] = None
     Returns ``(rotated, k)``: ``rotated`` like ``x``; ``k`` int64 (B,) on ``x.device``, uniform in {0, 1, 2, 3}, the
     4-class target. Random numbers come from ``generator`` (on its device), so the same seed gives the same output.
     """
-    _check_images(x, "random_rotation")
+    check_images(x, "random_rotation")
     k = torch.randint(0, N_ROTATIONS, (x.shape[0],), generator=generator,
                       device=_draw_device(generator, x)).to(x.device)
     return rotate(x, k), k
@@ -236,7 +228,7 @@ def random_box_mask(x: torch.Tensor, generator: Optional[torch.Generator] = None
     Returns ``(masked, mask)``: ``masked`` like ``x``; ``mask`` bool (B, 1, *spatial), True in masked voxels.
     Random numbers come from ``generator`` (on its device), then move to ``x.device``.
     """
-    _check_images(x, "random_box_mask")
+    check_images(x, "random_box_mask")
     b, c = x.shape[:2]
     spatial = tuple(x.shape[2:])
     lower, upper, active = sample_mask_boxes(b, spatial, generator, x.device, max_fraction, min_box_fraction,
@@ -260,7 +252,7 @@ def two_views(x: torch.Tensor, generator: Optional[torch.Generator] = None, **ma
     rotation classes), ``mask1``/``mask2`` (bool (B, 1, *spatial)) and ``target1``/``target2`` (the rotated views
     before masking: the reconstruction targets). ``mask_kwargs`` go to :func:`random_box_mask`.
     """
-    _check_images(x, "two_views")
+    check_images(x, "two_views")
     target1, rot1 = random_rotation(x, generator)
     target2, rot2 = random_rotation(x, generator)
     view1, mask1 = random_box_mask(target1, generator, **mask_kwargs)

@@ -29,8 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunetv2_ext.pretext.checks import int_triple, is_int
+
 __all__ = [
     "VolumeFusionConfig",
+    "scale_extent_range",
     "scaled_extents",
     "sample_boxes",
     "boxes_to_label",
@@ -42,22 +45,6 @@ __all__ = [
     "mean_level_dice",
     "constant_predictor_dice",
 ]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _int_triple(name: str, value) -> tuple[int, int, int]:
-    try:
-        t = tuple(value)
-    except TypeError:
-        raise ValueError(f"VolumeFusionConfig.{name} must be a sequence of 3 positive ints, got {value!r}") from None
-    if len(t) != 3 or not all(_is_int(v) for v in t):
-        raise ValueError(f"VolumeFusionConfig.{name} must be a sequence of 3 positive ints, got {value!r}")
-    if not all(v > 0 for v in t):
-        raise ValueError(f"VolumeFusionConfig.{name} must be > 0 on every axis, got {t}")
-    return t  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -79,16 +66,16 @@ class VolumeFusionConfig:
     max_extent: tuple[int, int, int] = (40, 80, 80)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.k) or self.k < 1:
+        if not is_int(self.k) or self.k < 1:
             raise ValueError(f"VolumeFusionConfig.k must be an int >= 1 (number of non-zero fusion levels), got {self.k!r}")
-        if not (_is_int(self.min_boxes) and _is_int(self.max_boxes)) or not (1 <= self.min_boxes <= self.max_boxes):
+        if not (is_int(self.min_boxes) and is_int(self.max_boxes)) or not (1 <= self.min_boxes <= self.max_boxes):
             raise ValueError(
                 "VolumeFusionConfig needs ints with 1 <= min_boxes <= max_boxes, "
                 f"got min_boxes={self.min_boxes!r}, max_boxes={self.max_boxes!r}"
             )
-        ref = _int_triple("ref_shape", self.ref_shape)
-        lo = _int_triple("min_extent", self.min_extent)
-        hi = _int_triple("max_extent", self.max_extent)
+        ref = int_triple("VolumeFusionConfig", "ref_shape", self.ref_shape)
+        lo = int_triple("VolumeFusionConfig", "min_extent", self.min_extent)
+        hi = int_triple("VolumeFusionConfig", "max_extent", self.max_extent)
         if not all(a <= b for a, b in zip(lo, hi)):
             raise ValueError(f"VolumeFusionConfig needs min_extent <= max_extent on every axis, got {lo} and {hi}")
         if not all(b <= r for b, r in zip(hi, ref)):
@@ -112,18 +99,19 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Box extent range (min, max) per axis, scaled from ``cfg.ref_shape`` to ``patch_shape``.
+def scale_extent_range(ref_shape, min_extent, max_extent, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Extent range (min, max) per axis given at ``ref_shape``, scaled to ``patch_shape``.
 
-    The paper's extents (Wang et al. 2023, MIS-FM, sec. 4: 8-40 x 8-80 x 8-80) refer to a 64 x 128 x 128
-    sub-volume; here they are scaled by ``patch / ref`` per axis (rounded half up), then kept within
-    ``[1, patch size]`` with ``min <= max``.  For a 2D patch the last two axes of the config are used.
+    Each bound is scaled by ``patch / ref`` per axis (rounded half up), then kept within ``[1, patch size]`` with
+    ``min <= max``.  For a 2D patch the last two axes of ``ref_shape`` / ``min_extent`` / ``max_extent`` are used.
+    Shared by the pretexts whose paper gives box or patch sizes for one sub-volume size (Volume Fusion, patch
+    swapping).
     """
     shape = _check_spatial_shape(patch_shape)
     nd = len(shape)
-    ref = cfg.ref_shape[-nd:]
-    lo_ref = cfg.min_extent[-nd:]
-    hi_ref = cfg.max_extent[-nd:]
+    ref = tuple(ref_shape)[-nd:]
+    lo_ref = tuple(min_extent)[-nd:]
+    hi_ref = tuple(max_extent)[-nd:]
     lows, highs = [], []
     for s, r, lo, hi in zip(shape, ref, lo_ref, hi_ref):
         ratio = s / r
@@ -132,6 +120,17 @@ def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...
         lows.append(l_)
         highs.append(h)
     return tuple(lows), tuple(highs)
+
+
+def scaled_extents(cfg: VolumeFusionConfig, patch_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Box extent range (min, max) per axis, scaled from ``cfg.ref_shape`` to ``patch_shape``.
+
+    The paper's extents (Wang et al. 2023, MIS-FM, sec. 4: 8-40 x 8-80 x 8-80) refer to a 64 x 128 x 128
+    sub-volume; here they are scaled by ``patch / ref`` per axis (rounded half up), then kept within
+    ``[1, patch size]`` with ``min <= max`` (:func:`scale_extent_range`).  For a 2D patch the last two axes of the
+    config are used.
+    """
+    return scale_extent_range(cfg.ref_shape, cfg.min_extent, cfg.max_extent, patch_shape)
 
 
 def sample_boxes(
@@ -153,7 +152,7 @@ def sample_boxes(
     Random numbers are drawn on ``generator``'s device (the default generator of ``device`` when None) and the
     results are moved to ``device``.
     """
-    if not _is_int(batch) or batch < 1:
+    if not is_int(batch) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     shape = _check_spatial_shape(spatial_shape)
     target = torch.device(device) if device is not None else torch.device("cpu")
@@ -279,7 +278,7 @@ def fusion_level_confusion(prediction: torch.Tensor, target: torch.Tensor, k: in
     if prediction.shape != target.shape:
         raise ValueError(f"prediction and target must have the same shape, got {tuple(prediction.shape)} and "
                          f"{tuple(target.shape)}")
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     levels = torch.arange(1, k + 1, device=target.device).view(k, *([1] * target.dim()))
     pred, tgt = prediction[None] == levels, target[None] == levels
@@ -290,7 +289,7 @@ def fusion_level_confusion(prediction: torch.Tensor, target: torch.Tensor, k: in
 
 def class_counts(target: torch.Tensor, k: int) -> torch.Tensor:
     """Voxels of each class 0..K in ``target`` (int64 (K + 1,)); raises ``ValueError`` for labels outside 0..K."""
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     flat = target.reshape(-1).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > k):
