@@ -14,11 +14,23 @@ studies", NeuroImage 54(1), 2011). Every case is
    Models 62(6), 2000: bound 1/K with K ~ 2.48 in 3D),
 3. for the labelled cohorts, given a glioma-like tumour: an irregular star-shaped edema (label 1) around a
    tumour core made of an enhancing rim (label 3) around necrosis / non-enhancing core (label 2), the label
-   convention of nnU-Net's BraTS dataset (``nnunetv2_ext.data.brats``); the tumour pushes the surrounding tissue
-   outwards (a compactly supported radial mass effect) and replaces the tissue it covers,
-4. rendered as skull-stripped T1, T1Gd, T2 and FLAIR images from per-class mean intensities (partial volume
-   from the tissue probabilities), a smooth multiplicative bias field, Rician noise (Gudbjartsson & Patz, "The
-   Rician distribution of noisy MRI data", MRM 34(6), 1995) and an arbitrary global scale per image.
+   convention of nnU-Net's BraTS dataset (``nnunetv2_ext.data.brats``), plus up to three small satellite lesions
+   nearby; the tumour pushes the surrounding tissue outwards (a compactly supported radial mass effect) and
+   replaces the tissue it covers,
+4. rendered as skull-stripped T1, T1Gd, T2 and FLAIR images from per-class mean intensities with partial volume
+   (from the tissue probabilities, thin vessels, and the tumour classes blurred at their borders), smooth texture,
+   and per image a contrast exponent, a smooth multiplicative bias field of random strength, Rician noise of random
+   level (Gudbjartsson & Patz, "The Rician distribution of noisy MRI data", MRM 34(6), 1995) and an arbitrary global
+   scale.
+
+The contrasts are chosen so that the tumour is *not* found by thresholding one image (issue 18: a single z-scored
+FLAIR / T1Gd threshold scored above every trained method on an earlier version): on every modality each tumour class
+overlaps a normal tissue (edema fades into the tissue it invades and is only a tissue contrast brighter than grey
+matter on FLAIR and T2; the label-2 core mixes fluid necrosis, CSF-like, with non-enhancing solid tumour,
+edema-like; the enhancing rim is about as bright as white matter on T1Gd, and vessels enhance too), and scanner
+parameters differ between images. The combination of modalities separates much of it (subtraction of T1 from
+T1Gd, FLAIR against T2), and shape and context the rest; :mod:`nnunetv2_ext.proxy.threshold_baseline` measures
+both.
 
 The result is a *synthetic proxy*, not BraTS: anatomy varies only by the random deformation of a single
 template, and the tumours are geometric models. It is documented as such in every ``dataset.json`` and in the
