@@ -14,11 +14,23 @@ studies", NeuroImage 54(1), 2011). Every case is
    Models 62(6), 2000: bound 1/K with K ~ 2.48 in 3D),
 3. for the labelled cohorts, given a glioma-like tumour: an irregular star-shaped edema (label 1) around a
    tumour core made of an enhancing rim (label 3) around necrosis / non-enhancing core (label 2), the label
-   convention of nnU-Net's BraTS dataset (``nnunetv2_ext.data.brats``); the tumour pushes the surrounding tissue
-   outwards (a compactly supported radial mass effect) and replaces the tissue it covers,
-4. rendered as skull-stripped T1, T1Gd, T2 and FLAIR images from per-class mean intensities (partial volume
-   from the tissue probabilities), a smooth multiplicative bias field, Rician noise (Gudbjartsson & Patz, "The
-   Rician distribution of noisy MRI data", MRM 34(6), 1995) and an arbitrary global scale per image.
+   convention of nnU-Net's BraTS dataset (``nnunetv2_ext.data.brats``), plus up to three small satellite lesions
+   nearby; the tumour pushes the surrounding tissue outwards (a compactly supported radial mass effect) and
+   replaces the tissue it covers,
+4. rendered as skull-stripped T1, T1Gd, T2 and FLAIR images from per-class mean intensities with partial volume
+   (from the tissue probabilities, thin vessels, and the tumour classes blurred at their borders), smooth texture,
+   and per image a contrast exponent, a smooth multiplicative bias field of random strength, Rician noise of random
+   level (Gudbjartsson & Patz, "The Rician distribution of noisy MRI data", MRM 34(6), 1995) and an arbitrary global
+   scale.
+
+The contrasts are chosen so that the tumour is *not* found by thresholding one image (issue 18: a single z-scored
+FLAIR / T1Gd threshold scored above every trained method on an earlier version): on every modality each tumour class
+overlaps a normal tissue (edema fades into the tissue it invades and is only a tissue contrast brighter than grey
+matter on FLAIR and T2; the label-2 core mixes fluid necrosis, CSF-like, with non-enhancing solid tumour,
+edema-like; the enhancing rim is about as bright as white matter on T1Gd, and vessels enhance too), and scanner
+parameters differ between images. The combination of modalities separates much of it (subtraction of T1 from
+T1Gd, FLAIR against T2), and shape and context the rest; :mod:`nnunetv2_ext.proxy.threshold_baseline` measures
+both.
 
 The result is a *synthetic proxy*, not BraTS: anatomy varies only by the random deformation of a single
 template, and the tumours are geometric models. It is documented as such in every ``dataset.json`` and in the
@@ -103,36 +115,76 @@ MASS_EFFECT_STRENGTH = (0.3, 0.6)
 MASS_EFFECT_RADIUS = (1.5, 2.2)
 """Support radius ``R_s`` of the mass effect as a multiple of the whole-tumour radius."""
 
-CLASSES = ("csf", "gm", "wm", "edema", "necrosis", "enhancing")
-"""Intensity classes (the tissue maps and the three tumour labels 1 edema, 2 necrosis, 3 enhancing)."""
+SATELLITES = (0, 3)
+"""Range of the number of satellite lesions per tumour (small foci near the main mass, as multifocal gliomas
+show)."""
+SATELLITE_RADIUS_MM = (4.0, 9.0)
+"""Range of a satellite's radius (its edema included)."""
+SATELLITE_CORE = (0.6, 0.35, 0.6)
+"""(Probability that a satellite has an enhancing core, range of the core's radius as a fraction of the
+satellite's); the others are edema only."""
+SATELLITE_GAP_MM = (4.0, 24.0)
+"""Range of a satellite's distance from the main tumour (edge to centre)."""
+
+CLASSES = ("csf", "gm", "wm", "vessel", "edema", "necrosis", "solid", "enhancing")
+"""Intensity classes: the three tissues, vessels, then the tumour's edema (label 1), necrosis and non-enhancing
+solid tumour (both label 2) and enhancing tumour (label 3)."""
+TUMOUR_CLASSES = ("edema", "necrosis", "solid", "enhancing")
 CLASS_MEANS = {
-    #         csf    gm    wm   edema  necr   enh
-    "T1": (0.25, 0.55, 0.80, 0.45, 0.30, 0.55),
-    "T2": (1.00, 0.62, 0.45, 0.90, 0.95, 0.70),
-    "FLAIR": (0.15, 0.62, 0.50, 0.95, 0.55, 0.75),
+    #        csf   gm    wm   vessel edema necr  solid  enh
+    "T1": (0.25, 0.55, 0.80, 0.55, 0.50, 0.25, 0.45, 0.55),
+    "T2": (1.00, 0.62, 0.45, 0.25, 0.78, 0.95, 0.74, 0.70),
+    "FLAIR": (0.15, 0.62, 0.50, 0.30, 0.78, 0.45, 0.78, 0.75),
 }
 """Relative mean intensity of each class of ``CLASSES``. Tissues: T1 WM > GM > CSF, T2 CSF > GM > WM and FLAIR
 (an inversion-recovery T2 with the CSF signal nulled) CSF darkest, GM > WM, from the relaxation times of brain
-tissue (WM shorter T1 and T2 than GM, CSF much longer; Wansapura et al., JMRI 9(4), 1999). Tumour: edema bright
-on T2 and FLAIR and slightly dark on T1; necrosis dark on T1 and bright on T2; enhancing tumour not bright on T1
-(Menze et al. 2015, section II; Bakas et al. 2018, section 2). The gaps are wide enough that the per-subject
-jitter (``MEAN_JITTER``) never swaps two of these orderings."""
-T1GD_ENHANCEMENT = (0.0, 0.02, 0.0, 0.03, 0.0, 0.65)
-"""T1Gd = T1 + this per class: gadolinium leaks where the blood-brain barrier is broken, so the enhancing rim
-becomes the brightest class while the necrosis stays dark (Menze et al. 2015)."""
-MEAN_JITTER = 0.07
-"""Per subject, each class mean is multiplied by a factor from ``[1 - j, 1 + j]`` (the enhancement by one from
-``[1 - 2j, 1 + 2j]``)."""
-TUMOUR_TEXTURE_SD = 0.06
-"""Relative standard deviation of the smooth texture within the tumour classes."""
+tissue (WM shorter T1 and T2 than GM, CSF much longer; Wansapura et al., JMRI 9(4), 1999). Vessels: flow voids on
+T2 and FLAIR. Tumour (Menze et al., IEEE TMI 34(10), 2015, section II; Bakas et al. 2018, arXiv:1811.02629,
+section 2): edema bright on T2 and FLAIR and slightly dark on T1, but only by about a tissue contrast above grey
+matter, so that on every single modality it overlaps a normal tissue (FLAIR and T2: grey matter, T2 also CSF; T1:
+grey matter); necrosis fluid-like (dark T1, bright T2, FLAIR not fully nulled), close to CSF; non-enhancing solid
+tumour close to edema on every contrast (the hard part of the tumour core in BraTS); enhancing tumour like grey
+matter before contrast."""
+T1GD_ENHANCEMENT = {"vessel": (0.45, 0.8), "gm": (0.0, 0.04), "edema": (0.0, 0.05), "solid": (0.0, 0.06),
+                    "enhancing": (0.3, 0.6)}
+"""T1Gd = T1 + a per-case enhancement drawn from these ranges (0 for the other classes): gadolinium leaks where the
+blood-brain barrier is broken. The enhancing tumour ends up about as bright as, or brighter than, white matter
+(which is bright on any T1-weighted image) and darker than vessels, so that a T1Gd threshold alone also picks
+white matter and vessels; the difference to the native T1 (subtraction imaging) and the T2/FLAIR flow void tell
+them apart."""
+MEAN_JITTER = 0.10
+"""Per subject, each class mean is multiplied by a factor from ``[1 - j, 1 + j]``."""
+EDEMA_FADE = (0.2, 0.45)
+"""Range of the edema's fade: its contrast to the underlying tissue falls linearly from 1 at the tumour core to
+``1 - fade`` at its outer edge (infiltrative edema mixes with the tissue it invades)."""
+NECROSIS_SHARE = (0.1, 0.9)
+"""Range of the per-tumour mean share of fluid necrosis (the rest non-enhancing solid tumour) in label 2; it varies
+smoothly within the core (``NECROSIS_SHARE_SD``)."""
+NECROSIS_SHARE_SD = 0.3
+PARTIAL_VOLUME_VOXELS = 0.5
+"""Gaussian sigma (voxels) applied to the tumour classes' fractions: partial volume at the lesion borders."""
+VESSEL_WIDTH = 0.12
+"""Vessels are where two smooth unit fields are both near zero: fraction ``exp(-(a^2 + b^2) / (2 w^2))``."""
+VESSEL_MAX = 0.8
+"""Largest vessel fraction of a voxel."""
+VESSEL_CONTROL_MM = 16.0
+TUMOUR_TEXTURE_SD = 0.12
+"""Relative standard deviation of the smooth heterogeneity within the tumour classes."""
+TISSUE_TEXTURE_SD = 0.04
+"""Relative standard deviation of the smooth heterogeneity of normal tissue."""
+TEXTURE_SHARED = 0.5
+"""Share of the texture's variance common to all modalities (the rest is drawn per modality)."""
 TEXTURE_CONTROL_MM = 8.0
 """Control-point spacing of that texture."""
-BIAS_SD = 0.08
-"""Standard deviation of the log bias field (clipped at 2.5 SD, so within about +-20 %)."""
+CONTRAST_GAMMA = (0.75, 1.35)
+"""Range of the per-image exponent applied to the relative intensities (a scanner's contrast, not only its gain,
+differs between sites)."""
+BIAS_SD = (0.06, 0.2)
+"""Range of the per-image standard deviation of the log bias field (clipped at 2.5 SD)."""
 BIAS_CONTROL_MM = 60.0
 """Control-point spacing of the bias field (a field that varies over the head, as from a receive coil)."""
-NOISE_FRACTION = 0.03
-"""Standard deviation of the Rician noise as a fraction of the subject's white-matter mean."""
+NOISE_FRACTION = (0.02, 0.06)
+"""Range of the per-image standard deviation of the Rician noise as a fraction of the white-matter mean."""
 GLOBAL_SCALE = (100.0, 2000.0)
 """Range of the log-uniform global intensity factor per image: MR intensities carry no absolute unit, which is
 why nnU-Net z-scores each image."""
@@ -492,24 +544,97 @@ def _paste(box: np.ndarray, centre: np.ndarray, shape: tuple[int, int, int]) -> 
     return out
 
 
+def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` voxels (clipped to the grid); the whole grid if it is empty."""
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    idx = np.argwhere(mask)
+    return tuple(slice(max(int(a) - pad, 0), min(int(b) + pad + 1, n))
+                 for a, b, n in zip(idx.min(0), idx.max(0), mask.shape))
+
+
+def _ball_label(radius_mm: float, core_mm: float, spacing_mm: float, axes: np.ndarray) -> np.ndarray:
+    """Label box of a satellite: an ellipsoidal edema (1) around an optional enhancing core (3), nested on the
+    grid as :meth:`_TumourShape.masks` nests its regions (every voxel within ``max(EDEMA_MIN_MM, sqrt(3) voxels)``
+    of the core is edema)."""
+    voxel_gap = math.sqrt(3) * spacing_mm * 1.01
+    margin = max(EDEMA_MIN_MM, voxel_gap)
+    h = int(math.ceil((max(radius_mm * float(axes.max()), core_mm + margin)) / spacing_mm)) + 1
+    offsets = np.arange(-h, h + 1, dtype=np.float32) * spacing_mm
+    d = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"))
+    rho = np.sqrt(((d / axes.astype(np.float32)[:, None, None, None]) ** 2).sum(0))
+    label = (rho <= radius_mm).astype(np.uint8)
+    label[h, h, h] = 1
+    if core_mm > 0:
+        core = rho <= core_mm
+        core[h, h, h] = True
+        label[ndimage.distance_transform_edt(~core, sampling=spacing_mm) <= margin] = 1
+        label[core] = 3
+    return label
+
+
+def _add_satellites(rng: np.random.Generator, label: np.ndarray, brain: np.ndarray, wm: np.ndarray,
+                    spacing_mm: float) -> np.ndarray:
+    """Paste ``SATELLITES`` small lesions near the main tumour, in the brain and off the tumour (labels combine by
+    maximum, which keeps the nesting: every voxel's label can only grow)."""
+    n = int(rng.integers(SATELLITES[0], SATELLITES[1] + 1))
+    if n == 0:
+        return label
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing_mm)
+    reach = SATELLITE_GAP_MM[1] + 2 * SATELLITE_RADIUS_MM[1] * 1.25 + 2 * spacing_mm
+    box = _bbox(label > 0, int(math.ceil(reach / spacing_mm)))
+    gap = np.full(label.shape, np.inf, np.float32)  # distance to the tumour, within reach of it
+    gap[box] = ndimage.distance_transform_edt(label[box] == 0, sampling=spacing_mm)
+    for _ in range(n):
+        radius = rng.uniform(*SATELLITE_RADIUS_MM)
+        core = radius * rng.uniform(*SATELLITE_CORE[1:]) if rng.random() < SATELLITE_CORE[0] else 0.0
+        axes = rng.uniform(0.8, 1.25, 3)
+        box = _ball_label(radius, core, spacing_mm, axes)
+        extent = (box.shape[0] // 2 + 1) * spacing_mm
+        lo, hi = max(SATELLITE_GAP_MM[0], extent), max(SATELLITE_GAP_MM[1], extent + spacing_mm)
+        candidates = (depth > extent + spacing_mm) & (gap > lo) & (gap < hi) & (wm > 0.3)
+        points = np.flatnonzero(candidates)
+        if not points.size:
+            continue
+        centre = np.array(np.unravel_index(points[rng.integers(points.size)], brain.shape))
+        label = np.maximum(label, _paste(box, centre, brain.shape) * brain)
+    return label
+
+
 # --------------------------------------------------------------------------------------------- contrast
 def _class_means(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-subject class means of every modality of ``TARGET_MODALITIES`` (the jitter keeps the orderings)."""
     jitter = rng.uniform(1 - MEAN_JITTER, 1 + MEAN_JITTER, (3, len(CLASSES)))
     means = {m: np.asarray(CLASS_MEANS[m]) * j for m, j in zip(("T1", "T2", "FLAIR"), jitter)}
-    means["T1Gd"] = means["T1"] + np.asarray(T1GD_ENHANCEMENT) * rng.uniform(1 - 2 * MEAN_JITTER,
-                                                                             1 + 2 * MEAN_JITTER, len(CLASSES))
+    enhancement = np.zeros(len(CLASSES))
+    for name, bounds in T1GD_ENHANCEMENT.items():
+        enhancement[CLASSES.index(name)] = rng.uniform(*bounds)
+    means["T1Gd"] = means["T1"] + enhancement
     return {m: means[m].astype(np.float32) for m in TARGET_MODALITIES}
 
 
-def _render(rng: np.random.Generator, means: np.ndarray, probs: np.ndarray, texture: np.ndarray,
+def _texture(rng: np.random.Generator, shared: np.ndarray, shape: tuple[int, int, int],
+             spacing_mm: float) -> np.ndarray:
+    """Unit-SD smooth field, ``TEXTURE_SHARED`` of its variance in common with the other modalities."""
+    own = _smooth_noise(rng, shape, spacing_mm, TEXTURE_CONTROL_MM)
+    return np.clip(math.sqrt(TEXTURE_SHARED) * shared + math.sqrt(1 - TEXTURE_SHARED) * own, -3, 3)
+
+
+def _render(rng: np.random.Generator, means: np.ndarray, fractions: np.ndarray, shared_texture: np.ndarray,
             brain: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """Partial-volume mixture of class means, bias field, Rician noise inside the brain, global scale."""
-    n_tissue = 3
-    image = np.einsum("k,k...->...", means[:n_tissue], probs[:n_tissue])
-    image += np.einsum("k,k...->...", means[n_tissue:], probs[n_tissue:]) * texture
-    image *= np.exp(BIAS_SD * np.clip(_smooth_noise(rng, brain.shape, spacing_mm, BIAS_CONTROL_MM), -2.5, 2.5))
-    sigma = NOISE_FRACTION * float(means[CLASSES.index("wm")])
+    """One image: partial-volume mixture of textured class means, contrast exponent, bias field, Rician noise
+    inside the brain, global scale; the scanner parameters (exponent, bias strength, noise level) per image."""
+    texture = _texture(rng, shared_texture, brain.shape, spacing_mm)
+    n_normal = CLASSES.index(TUMOUR_CLASSES[0])
+    sd = np.where(np.arange(len(CLASSES)) < n_normal, TISSUE_TEXTURE_SD, TUMOUR_TEXTURE_SD).astype(np.float32)
+    image = np.einsum("k,k...->...", means, fractions)
+    image += texture * np.einsum("k,k...->...", means * sd, fractions)
+    np.clip(image, 1e-3, None, out=image)
+    gamma = np.float32(rng.uniform(*CONTRAST_GAMMA))
+    image **= gamma
+    bias_sd = rng.uniform(*BIAS_SD)
+    image *= np.exp(bias_sd * np.clip(_smooth_noise(rng, brain.shape, spacing_mm, BIAS_CONTROL_MM), -2.5, 2.5))
+    sigma = rng.uniform(*NOISE_FRACTION) * float(means[CLASSES.index("wm")]) ** float(gamma)
     inside = image[brain]
     n1, n2 = rng.standard_normal((2, inside.size), dtype=np.float32) * np.float32(sigma)
     out = np.zeros(brain.shape, np.float32)
@@ -518,15 +643,44 @@ def _render(rng: np.random.Generator, means: np.ndarray, probs: np.ndarray, text
     return out
 
 
+def _vessels(rng: np.random.Generator, tissue: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Fraction of vessel per voxel: tubes where two smooth fields are both near zero, denser in grey matter and
+    CSF (the cortical vessels run in the sulci)."""
+    a, b = (_smooth_noise(rng, brain.shape, spacing_mm, VESSEL_CONTROL_MM) for _ in range(2))
+    vessel = VESSEL_MAX * np.exp(-(a ** 2 + b ** 2) / (2 * VESSEL_WIDTH ** 2))
+    return (vessel * (0.3 + 0.7 * (tissue[0] + tissue[1])) * brain).astype(np.float32)
+
+
+def _tumour_fractions(rng: np.random.Generator, label: np.ndarray, brain: np.ndarray,
+                      spacing_mm: float) -> np.ndarray:
+    """``(4, z, y, x)`` fractions of edema, necrosis, solid tumour and enhancing tumour: the label's classes
+    blurred by ``PARTIAL_VOLUME_VOXELS``, the edema faded towards its outer edge (``EDEMA_FADE``; the rest of its
+    share goes back to the tissue) and label 2 split into necrosis and solid tumour (``NECROSIS_SHARE``)."""
+    core, whole = label >= 2, label > 0
+    box = _bbox(whole, 2)  # the distances only matter in the tumour, whose box (padded) holds every core voxel
+    to_core = np.zeros(label.shape, np.float32)
+    to_out = np.zeros(label.shape, np.float32)
+    if core.any():
+        to_core[box] = ndimage.distance_transform_edt(~core[box], sampling=spacing_mm)
+    to_out[box] = ndimage.distance_transform_edt(whole[box], sampling=spacing_mm)
+    fade = 1.0 - rng.uniform(*EDEMA_FADE) * to_core / np.maximum(to_core + to_out, 1e-6)
+    share = np.clip(rng.uniform(*NECROSIS_SHARE)
+                    + NECROSIS_SHARE_SD * _smooth_noise(rng, label.shape, spacing_mm, TEXTURE_CONTROL_MM), 0, 1)
+    hard = np.stack([(label == 1) * fade, (label == 2) * share, (label == 2) * (1 - share), label == 3])
+    soft = np.stack([ndimage.gaussian_filter(h.astype(np.float32), PARTIAL_VOLUME_VOXELS) for h in hard])
+    return (soft * brain).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------- cases
 def _case_rngs(spec: ProxySpec, cohort: str, index: int) -> list[np.random.Generator]:
-    """Independent streams: deformation, tumour, contrast, then one per modality of ``TARGET_MODALITIES``."""
+    """Independent streams: deformation, tumour, contrast, vessels and texture, then one per modality of
+    ``TARGET_MODALITIES``."""
     if cohort not in COHORT_TAG:
         raise ValueError(f"cohort must be one of {sorted(COHORT_TAG)}; got {cohort!r}")
     if isinstance(index, bool) or not isinstance(index, numbers.Integral) or index < 0:
         raise ValueError(f"index must be an integer >= 0; got {index!r}")
     sequence = np.random.SeedSequence([int(spec.seed), COHORT_TAG[cohort], int(index)])
-    return [np.random.default_rng(s) for s in sequence.spawn(3 + len(TARGET_MODALITIES))]
+    return [np.random.default_rng(s) for s in sequence.spawn(4 + len(TARGET_MODALITIES))]
 
 
 def synthesize_case(spec: ProxySpec, cohort: str, index: int) -> dict:
@@ -542,20 +696,20 @@ def synthesize_case(spec: ProxySpec, cohort: str, index: int) -> dict:
 
     Returns:
         ``{"images": {modality: float32 (z, y, x)}, "label": uint8, "tissue": {"csf", "gm", "wm": float32},
-        "brain": bool, "spacing": (x, y, z), "origin": (x, y, z)}``. ``label`` holds 1 edema, 2 necrosis,
-        3 enhancing tumour (the brain mask, 0/1, for ``"pretrain"``); ``tissue`` holds the deformed tissue
-        probabilities with the tumour's share removed (they and the tumour classes sum to 1 in the brain).
-        Images are exactly 0 outside ``brain``.
+        "fractions": float32 (len(CLASSES), z, y, x), "brain": bool, "spacing": (x, y, z), "origin": (x, y, z)}``.
+        ``label`` holds 1 edema, 2 necrosis / non-enhancing tumour, 3 enhancing tumour (the brain mask, 0/1, for
+        ``"pretrain"``); ``fractions`` holds the share of each class of ``CLASSES`` in every voxel (they sum to 1
+        in the brain and are 0 outside) and ``tissue`` the first three of them. Images are exactly 0 outside
+        ``brain``.
     """
     anatomy = load_anatomy(spec.resolution)
-    rng_deform, rng_tumour, rng_contrast, *rng_modality = _case_rngs(spec, cohort, index)
+    rng_deform, rng_tumour, rng_contrast, rng_texture, *rng_modality = _case_rngs(spec, cohort, index)
     res = float(spec.resolution)
     shape = anatomy["brain"].shape
     centre = np.argwhere(anatomy["brain"]).mean(0)
     coords = random_deformation(rng_deform, shape, res, centre)
     template = np.stack([anatomy["csf"], anatomy["gm"], anatomy["wm"], anatomy["brain"].astype(np.float32)])
     tumour = cohort != "pretrain"
-    label = np.zeros(shape, np.uint8)
     if tumour:
         shape_model = _TumourShape.draw(rng_tumour)
         brain0 = _warp(template[3], coords) > 0.5
@@ -565,24 +719,26 @@ def synthesize_case(spec: ProxySpec, cohort: str, index: int) -> dict:
         coords = mass_effect(coords, t_centre, radius, rng_tumour.uniform(*MASS_EFFECT_STRENGTH))
     warped = np.stack([_warp(t, coords) for t in template])
     brain = warped[3] > 0.5
-    probs = np.zeros((len(CLASSES), *shape), np.float32)
-    probs[:3] = _normalise(warped[:3], brain)
-    texture = np.ones(shape, np.float32)
+    tissue = _normalise(warped[:3], brain)
+    fractions = np.zeros((len(CLASSES), *shape), np.float32)
+    fractions[CLASSES.index("vessel")] = _vessels(rng_texture, tissue, brain, res)
     if tumour:
         label = _paste(box, t_centre, shape) * brain
-        for k, value in enumerate((1, 2, 3)):
-            probs[3 + k] = label == value
-        probs[:3] *= label == 0
-        texture += TUMOUR_TEXTURE_SD * np.clip(_smooth_noise(rng_tumour, shape, res, TEXTURE_CONTROL_MM), -3, 3)
+        label = _add_satellites(rng_tumour, label, brain, tissue[2], res)
+        first = CLASSES.index(TUMOUR_CLASSES[0])
+        fractions[first:] = _tumour_fractions(rng_tumour, label, brain, res)
+        fractions[first - 1] *= 1.0 - fractions[first:].sum(0)  # no vessel drawn through the tumour
     else:
         label = brain.astype(np.uint8)
+    fractions[:3] = tissue * (1.0 - fractions[3:].sum(0))
+    shared_texture = _smooth_noise(rng_texture, shape, res, TEXTURE_CONTROL_MM)
     means = _class_means(rng_contrast)
     modalities = TARGET_MODALITIES if tumour else PRETRAIN_MODALITIES
-    images = {m: _render(rng_modality[TARGET_MODALITIES.index(m)], means[m], probs, texture, brain, res)
+    images = {m: _render(rng_modality[TARGET_MODALITIES.index(m)], means[m], fractions, shared_texture, brain, res)
               for m in modalities}
     return {"images": images, "label": label.astype(np.uint8),
-            "tissue": {"csf": probs[0], "gm": probs[1], "wm": probs[2]}, "brain": brain,
-            "spacing": anatomy["spacing"], "origin": anatomy["origin"]}
+            "tissue": {"csf": fractions[0], "gm": fractions[1], "wm": fractions[2]}, "fractions": fractions,
+            "brain": brain, "spacing": anatomy["spacing"], "origin": anatomy["origin"]}
 
 
 def tumour_volumes_ml(label: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:

@@ -20,7 +20,9 @@ arXiv:2306.16925, Table 2):
    T1Gd and T2 new).
 4. Fine-tuning: every method on every fold (whole pool and each subset) with the same schedule; nnU-Net's final
    validation predicts the test cases into ``fold_k/validation``.
-5. Scoring and tables through :mod:`nnunetv2_ext.proxy.analysis`.
+5. Scoring and tables through :mod:`nnunetv2_ext.proxy.analysis`, with one more row: the threshold baseline of
+   :mod:`nnunetv2_ext.proxy.threshold_baseline` (the best single-modality intensity threshold per region, chosen on
+   the training pool), the score below which a method has learnt nothing a threshold could not do.
 
 Each method has its own ``nnUNet_results`` root (``DIR/nnUNet_results/<method>``), so the two SSL methods can use the
 same fine-tuning trainer. Every step is skipped when its output exists, and an interrupted training is continued
@@ -39,9 +41,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from nnunetv2_ext.io_utils import atomic_write_json, load_json
+
+if TYPE_CHECKING:
+    from nnunetv2_ext.proxy.analysis import Run
 
 CONFIGURATION = "3d_fullres"  # the default configuration of a scale
 FINE_TUNE = "fine_tune"
@@ -506,6 +511,8 @@ def run_benchmark(out: str | os.PathLike, scale: str = "cpu", methods: Optional[
         key, level = job.name.split("/")
         n, subset = level[1:].split("_s")
         runs.append(Run(key, int(n), int(subset), str(job.fold_dir)))
+    echo("threshold baseline: one intensity threshold per region, chosen on the training pool")
+    runs.append(threshold_baseline_run(out, manifest, folds))
     preprocessed_target = out / "nnUNet_preprocessed" / manifest["target_dataset"]
     scores = score_runs(runs, preprocessed_target / "gt_segmentations",
                         out / "nnUNet_raw" / manifest["target_dataset"] / "dataset.json", num_processes=num_processes)
@@ -516,12 +523,27 @@ def run_benchmark(out: str | os.PathLike, scale: str = "cpu", methods: Optional[
                         "cpu_count": os.cpu_count(), "python": platform.python_version()},
             "versions": _versions(), "proxy_spec": manifest["spec"], "n_test_cases": len(folds["test_cases"]),
             "job_seconds": {n: round(t, 1) for n, t in runner.durations.items() if status.get(n) == "ok"}}
-    written = write_results(scores, out / f"results_{chosen.name}", {k: METHODS[k].label for k in chosen.methods},
+    from nnunetv2_ext.proxy import threshold_baseline
+
+    labels = {**{k: METHODS[k].label for k in chosen.methods}, threshold_baseline.METHOD: threshold_baseline.LABEL}
+    written = write_results(scores, out / f"results_{chosen.name}", labels,
                             comparisons=[c for c in COMPARISONS if c[0] in chosen.methods and c[1] in chosen.methods],
                             overwrite=True, meta=meta)
     written.update(write_training_report(jobs, out / f"results_{chosen.name}", chosen))
     echo(f"done in {(time.time() - t0) / 60:.1f} min; results in {out / f'results_{chosen.name}'}")
     return written
+
+
+def threshold_baseline_run(out: Path, manifest: dict, folds: dict) -> Run:
+    """The run of :mod:`nnunetv2_ext.proxy.threshold_baseline`: one threshold per region chosen on the whole
+    training pool (never a test case), its test predictions in ``out/threshold_baseline/validation`` (kept when
+    there), scored like every method's; ``n_labelled`` is the pool's size."""
+    from nnunetv2_ext.proxy.analysis import Run
+    from nnunetv2_ext.proxy.threshold_baseline import FOLDER, METHOD, run_threshold_baseline
+
+    folder = run_threshold_baseline(out / "nnUNet_raw" / manifest["target_dataset"], folds["pool"],
+                                    folds["test_cases"], out / FOLDER)
+    return Run(METHOD, len(folds["pool"]), 0, str(folder))
 
 
 def write_training_report(jobs: Sequence[Job], results_dir: Path, scale: Scale) -> Dict[str, Path]:

@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunetv2_ext.proxy.anatomy import (MANIFEST, PRETRAIN_MODALITIES, TARGET_MODALITIES, ProxySpec,
+from nnunetv2_ext.proxy.anatomy import (CLASSES, MANIFEST, PRETRAIN_MODALITIES, TARGET_MODALITIES, TUMOUR_CLASSES,
+                                        ProxySpec,
                                         jacobian_determinant, load_anatomy, make_proxy, mass_effect,
                                         random_deformation, synthesize_case)
 from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
@@ -98,10 +99,17 @@ def test_background_zero_and_probabilities():
     brain = case["brain"]
     for image in case["images"].values():
         assert np.all(image[~brain] == 0) and np.all(image[brain] > 0) and np.isfinite(image).all()
-    tissue = sum(case["tissue"].values())
-    tumour = case["label"] > 0
-    assert np.allclose(tissue[brain & ~tumour], 1, atol=1e-5)
-    assert np.all(tissue[~brain | tumour] == 0)
+    fractions, label = case["fractions"], case["label"]
+    assert fractions.shape == (len(CLASSES), *brain.shape) and fractions.min() >= 0
+    assert np.allclose(fractions.sum(0)[brain], 1, atol=1e-5) and np.all(fractions[:, ~brain] == 0)
+    for k, name in enumerate(("csf", "gm", "wm")):
+        assert np.array_equal(case["tissue"][name], fractions[k])
+    tumour = fractions[CLASSES.index(TUMOUR_CLASSES[0]):].sum(0)
+    core = ndimage.binary_erosion(label >= 2, FULL, iterations=2)
+    assert core.any() and np.all(tumour[core] > 0.999), "deep in the core there is no normal tissue"
+    border = ndimage.binary_dilation(label > 0, FULL) & (label == 0) & brain
+    assert np.all(tumour[border] < 0.5) and np.mean(tumour[border] > 0.01) > 0.5, "partial volume at the border"
+    assert np.mean(fractions[:3].sum(0)[label == 1] > 0.05) > 0.5, "the edema fades into the tissue it invades"
     anatomy = load_anatomy(SPEC.resolution)
     assert anatomy["spacing"] == (6.0, 6.0, 6.0) and not anatomy["gm"].flags.writeable
     assert np.allclose((anatomy["csf"] + anatomy["gm"] + anatomy["wm"])[anatomy["brain"]], 1, atol=1e-5)
@@ -127,7 +135,10 @@ def test_tissue_ordering_and_tumour_signatures():
         for m in ("FLAIR", "T2"):
             assert mean[m]["edema"] > max(mean[m]["wm"], mean[m]["gm"]), m
         assert mean["T1"]["edema"] < mean["T1"]["wm"]
-        assert mean["T1Gd"]["enhancing"] == max(mean["T1Gd"].values())
+        # the enhancing tumour overlaps white matter on T1Gd (both bright) but enhances relative to it
+        assert mean["T1Gd"]["enhancing"] == max(v for k, v in mean["T1Gd"].items() if k != "wm")
+        gain = {m: mean[m]["enhancing"] / mean[m]["wm"] for m in ("T1", "T1Gd")}
+        assert gain["T1Gd"] > 1.2 * gain["T1"], gain
         assert mean["T1"]["enhancing"] < mean["T1"]["wm"]
         assert mean["T1Gd"]["necrosis"] < min(mean["T1Gd"]["enhancing"], mean["T1Gd"]["wm"])
         assert mean["T2"]["necrosis"] > mean["T2"]["wm"]

@@ -187,3 +187,23 @@ def test_unknown_scale_and_method_are_refused(tmp_path):
         ex.run_benchmark(tmp_path, methods=["ssl_magic"])
     with pytest.raises(ValueError, match="nnUNetTrainerProxyVanilla_smoke"):
         ex.run_benchmark(tmp_path, scale="smoke", methods=["vanilla", "scratch"])
+
+
+def test_threshold_baseline_is_a_scored_row_of_the_tables(tmp_path):
+    """``proxy run``'s extra row: thresholds fitted on the pool, the test cases predicted and scored like a method's
+    fold, and the row in the written table under its label."""
+    from nnunetv2_ext.proxy.analysis import score_runs, write_results
+    from nnunetv2_ext.proxy.anatomy import ProxySpec, make_proxy
+    from nnunetv2_ext.proxy.threshold_baseline import LABEL, METHOD
+
+    manifest = make_proxy(tmp_path, ProxySpec(seed=1, resolution=6.0, n_pretrain=2, n_target=2, n_test=2))
+    folds = {"pool": manifest["target_train_cases"], "test_cases": manifest["test_cases"]}
+    run = ex.threshold_baseline_run(tmp_path, manifest, folds)
+    assert (run.method, run.n_labelled, run.subset) == (METHOD, 2, 0)
+    raw = tmp_path / "nnUNet_raw" / manifest["target_dataset"]
+    assert sorted(p.name for p in (Path(run.fold_dir) / "validation").glob("*.nii.gz")) == sorted(
+        f"{c}.nii.gz" for c in manifest["test_cases"])
+    scores = score_runs([run], raw / "labelsTr", raw / "dataset.json")
+    assert set(scores[run]["cases"]) == set(manifest["test_cases"]) and list(scores[run]["mean"]) == ["WT", "TC", "ET"]
+    write_results(scores, tmp_path / "results", {METHOD: LABEL}, comparisons=())
+    assert LABEL in (tmp_path / "results" / "table.md").read_text()
