@@ -20,6 +20,12 @@ from nnunetv2_ext.planning.backbones import backbone_architecture
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
 
+__all__ = ["nnUNetTrainerBackbone", "nnUNetTrainerSwinUNETR", "nnUNetTrainerUNETR", "nnUNetTrainerSegResNet",
+           "nnUNetTrainerPCTNet", "nnUNetTrainerTransBTS", "nnUNetTrainerVolumeFusionBackbone",
+           "nnUNetTrainerBackbone_debug", "nnUNetTrainerSwinUNETR_debug", "nnUNetTrainerUNETR_debug",
+           "nnUNetTrainerSegResNet_debug", "nnUNetTrainerVolumeFusionBackbone_debug", "nnUNetTrainerPCTNet_debug",
+           "nnUNetTrainerTransBTS_debug"]
+
 
 def supports_deep_supervision(architecture: dict) -> bool:
     """Whether the network a plans ``architecture`` names has deep supervision. Networks that do not say (nnU-Net's
