@@ -14,7 +14,8 @@ from nnunetv2_ext.training.pretext_metrics import checkpoint_pretext_check
 OVERWRITE_ENV = "NNUNETV2_EXT_OVERWRITE"
 # nnUNetTrainer.__init__ assigns these as instance attributes; a subclass sets them as class attributes instead
 HYPERPARAMETERS = ("initial_lr", "weight_decay", "num_epochs", "num_iterations_per_epoch",
-                   "num_val_iterations_per_epoch", "save_every", "oversample_foreground_percent")
+                   "num_val_iterations_per_epoch", "save_every", "oversample_foreground_percent",
+                   "enable_deep_supervision")
 
 
 class ExtTrainerBase(nnUNetTrainer):

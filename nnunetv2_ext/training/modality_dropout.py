@@ -19,6 +19,8 @@ import torch
 from nnunetv2_ext.training.base import DebugScheduleMixin
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder
 
+__all__ = ["nnUNetTrainerMultiEncoderModalityDropout", "nnUNetTrainerMultiEncoderModalityDropout_debug"]
+
 MAX_ENCODERS = 62  # subsets are drawn as bit patterns of an int64
 
 

@@ -11,6 +11,9 @@ from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, multi
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encoder_decoder_param_groups, warmup_epochs
 
+__all__ = ["nnUNetTrainerMultiEncoder", "nnUNetTrainerMultiEncoder_debug", "nnUNetTrainerMultiEncoderSSL",
+           "nnUNetTrainerMultiEncoderSSL_debug"]
+
 
 def build_multi_encoder(configuration_manager: ConfigurationManager, num_input_channels: int,
                         num_output_channels: int, enable_deep_supervision: bool = True) -> MultiEncoderUNet:

@@ -7,8 +7,9 @@
    -c CONFIG``, kept in ``$nnUNet_results/<Dataset>/nnunetv2_ext_pretraining.json`` (nnU-Net's plans stay nnU-Net's);
 3. by convention, the ``checkpoint_final.pth`` of a pretext-trainer run of that same dataset, plans and configuration:
    ``$nnUNet_results/<Dataset>/<Trainer>__<PLANS>__<CONFIG>/fold_<f>/checkpoint_final.pth``, i.e. stage 2 of the
-   two-stage pretraining (Taheri Otaghsara et al. 2025 sec. 4.3). A trainer is a pretext trainer if this package's
-   trainer of that name is a subclass of ``PRETEXT_TRAINERS``; folders of other or unknown trainers are never taken.
+   two-stage pretraining (Taheri Otaghsara et al. 2025 sec. 4.3). A trainer is a pretext trainer if this package
+   exports a trainer of that name (``nnunetv2_ext.training.exported_trainers``) that subclasses
+   ``PretextTrainerBase``; folders of other or unknown trainers are never taken.
 
 Exactly one candidate is taken; none or several is a refusal that says what to run or how to choose. The lookup
 only reads the file system and is deterministic (sorted), so every DDP rank takes the same file.
@@ -24,10 +25,6 @@ from nnunetv2_ext.io_utils import atomic_write_json
 
 RECORD_FILE = "nnunetv2_ext_pretraining.json"
 CHECKPOINT = "checkpoint_final.pth"
-#: the pretext trainers (module, class); their subclasses (``_debug``, proxy schedules, backbones) count too
-PRETEXT_TRAINERS = (("nnunetv2_ext.training.volume_fusion", "nnUNetTrainerVolumeFusion"),
-                    ("nnunetv2_ext.training.pretext_trainers", "nnUNetTrainerSwinProxies"),
-                    ("nnunetv2_ext.training.pretext_trainers", "nnUNetTrainerCrossModality"))
 RECORD_COMMAND = "nnunetv2_ext weights use"
 PathLike = Union[str, os.PathLike]
 
@@ -50,20 +47,14 @@ def record_file(results_dir: PathLike, dataset_name: str) -> Path:
 
 
 def pretext_trainer_names() -> Set[str]:
-    """Names of this package's trainer classes that are ``PRETEXT_TRAINERS`` or subclass one (classes of other
-    packages are left out, so the answer does not depend on what else a process happened to import)."""
-    import importlib
+    """Names of the pretext trainers of this package: the trainers its training modules export (the names nnU-Net
+    resolves through the discovery shim) that subclass ``PretextTrainerBase``, with their ``_debug``, proxy-schedule
+    and backbone variants. Classes of other packages are left out, so the answer does not depend on what else a
+    process happened to import. The trainer modules are imported on the first call, not with this module."""
+    from nnunetv2_ext.training import exported_trainers
+    from nnunetv2_ext.training.pretext_base import PretextTrainerBase
 
-    import nnunetv2_ext.discovery.nnunetv2_ext_trainers  # noqa: F401  (imports every trainer module of the package)
-
-    todo = [getattr(importlib.import_module(m), c) for m, c in PRETEXT_TRAINERS]
-    names = set()
-    while todo:
-        cls = todo.pop()
-        if cls.__module__.startswith("nnunetv2_ext."):
-            names.add(cls.__name__)
-        todo += cls.__subclasses__()
-    return names
+    return {name for name, cls in exported_trainers().items() if issubclass(cls, PretextTrainerBase)}
 
 
 def is_pretext_trainer(trainer_name: str) -> bool:

@@ -14,10 +14,22 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.training.base import ExtTrainerBase
+from nnunetv2_ext.training.cross_modality import nnUNetTrainerCrossModality
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoderSSL
-from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerSwinProxies
+from nnunetv2_ext.training.swin_proxies import nnUNetTrainerSwinProxies
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
+
+__all__ = ["nnUNetTrainerProxyVanilla_cpu", "nnUNetTrainerProxyVanilla_gpu", "nnUNetTrainerProxyMultiEncoder_cpu",
+           "nnUNetTrainerProxyMultiEncoder_gpu", "nnUNetTrainerProxyMultiEncoderSSL_cpu",
+           "nnUNetTrainerProxyMultiEncoderSSL_gpu", "nnUNetTrainerProxyVolumeFusion_cpu",
+           "nnUNetTrainerProxyVolumeFusion_gpu", "nnUNetTrainerProxySwinProxies_cpu",
+           "nnUNetTrainerProxySwinProxies_gpu", "nnUNetTrainerProxyMultiEncoder_cpu2d",
+           "nnUNetTrainerProxyMultiEncoderSSL_cpu2d", "nnUNetTrainerProxyVolumeFusion_cpu2d",
+           "nnUNetTrainerProxyMultiEncoderSSLFullTransfer_cpu2d", "nnUNetTrainerProxyVolumeFusionSGD_cpu2d",
+           "nnUNetTrainerProxySwinProxies_cpu2d", "nnUNetTrainerProxyCrossModality_cpu2d",
+           "nnUNetTrainerProxyMultiEncoder_smoke", "nnUNetTrainerProxyMultiEncoderSSL_smoke",
+           "nnUNetTrainerProxyVolumeFusion_smoke"]
 
 
 class NoTestTimeMirroringMixin(nnUNetTrainer):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
 
+__all__ = ["nnUNetTrainerVanilla", "nnUNetTrainerVanilla_debug"]
+
 
 class nnUNetTrainerVanilla(ExtTrainerBase):
     """nnU-Net's nnUNetTrainer (PlainConvUNet from the plans, 1000 epochs, SGD 1e-2 momentum 0.99) that also

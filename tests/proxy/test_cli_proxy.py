@@ -1,7 +1,5 @@
-"""`nnunetv2_ext proxy make|run` argument handling and the discovery shim's coverage of the proxy trainers."""
+"""`nnunetv2_ext proxy make|run` argument handling."""
 from __future__ import annotations
-
-import inspect
 
 import pytest
 
@@ -24,23 +22,3 @@ def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-
-
-def test_every_trainer_of_the_package_is_discoverable():
-    """nnU-Net finds trainers through the shim module only: each trainer class defined in nnunetv2_ext.training must
-    be re-exported there."""
-    import importlib
-    import pkgutil
-
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    import nnunetv2_ext.discovery.nnunetv2_ext_trainers as shim
-    import nnunetv2_ext.training as training
-
-    defined = set()
-    for info in pkgutil.iter_modules(training.__path__):
-        module = importlib.import_module(f"nnunetv2_ext.training.{info.name}")
-        defined |= {name for name, obj in inspect.getmembers(module, inspect.isclass)
-                    if issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__
-                    and name.startswith("nnUNetTrainer")}
-    assert defined and not defined - set(dir(shim)), sorted(defined - set(dir(shim)))

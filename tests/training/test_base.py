@@ -12,9 +12,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 import nnunetv2_ext.discovery.nnunetv2_ext_trainers as shim
 from nnunetv2_ext.training.backbones import nnUNetTrainerBackbone
 from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase, NoMirroringMixin
+from nnunetv2_ext.training.cross_modality import nnUNetTrainerCrossModality
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder
-from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerSwinProxies_debug
 from nnunetv2_ext.training.proxy import nnUNetTrainerProxyVolumeFusionSGD_cpu2d
+from nnunetv2_ext.training.swin_proxies import nnUNetTrainerSwinProxies_debug
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
 
 

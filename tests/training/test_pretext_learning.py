@@ -23,32 +23,11 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_ext.training.cross_modality import nnUNetTrainerCrossModality
 from nnunetv2_ext.training.pretext_metrics import PRETEXT_METRICS_FILE
-from nnunetv2_ext.training.pretext_trainers import nnUNetTrainerCrossModality, nnUNetTrainerSwinProxies
+from nnunetv2_ext.training.swin_proxies import nnUNetTrainerSwinProxies
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
-
-FIXTURES = Path(__file__).resolve().parents[1] / "planning" / "fixtures"
-SIZE = 32
-SEED = 0
-
-
-def _plans(batch_size: int, features=(8, 16, 32)) -> dict:
-    """The tiny fixture plans with a '2d' configuration naming a small multi-encoder U-Net on 32x32 patches."""
-    plans = json.loads((FIXTURES / "nnUNetPlans_tiny.json").read_text())
-    config = plans["configurations"]["2d"]
-    config.update(batch_size=batch_size, patch_size=[SIZE, SIZE])
-    config["architecture"] = {
-        "network_class_name": "nnunetv2_ext.architectures.multi_encoder.MultiEncoderUNet",
-        "arch_kwargs": {
-            "n_stages": 3, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv2d",
-            "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": [1, 1, 1],
-            "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-    plans["continue_training"] = False  # nnUNetTrainer.__init__ of nnunetv2 >= 2.7 pops it
-    return plans
+from tests.training.conftest import SEED, SIZE, tiny_trainer
 
 
 def _images(n: int, channels: int, generator: torch.Generator, texture: bool = True) -> torch.Tensor:
@@ -77,25 +56,6 @@ def _images(n: int, channels: int, generator: torch.Generator, texture: bool = T
     x = x + 0.02 * torch.randn(x.shape, generator=generator)
     mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
     return (x - mean) / std
-
-
-def _trainer(cls, channel_names: dict, batch_size: int, tmp_path, monkeypatch, features=(8, 16, 32)) -> nnUNetTrainer:
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
-    # initialize() reads the kind of the preprocessed cases from their file ending; no case is ever loaded here
-    data = tmp_path / "preprocessed" / "Dataset992_SyntheticBraTS" / "nnUNetPlans_2d"
-    data.mkdir(parents=True)
-    (data / "case.npz").touch()
-    dataset_json = {"channel_names": channel_names, "labels": {"background": 0, "structure": 1},
-                    "numTraining": 1, "file_ending": ".nii.gz"}
-    trainer = cls(_plans(batch_size, features), "2d", 0, dataset_json, torch.device("cpu"))
-    torch.manual_seed(SEED)  # the network's initial weights
-    trainer.initialize()  # the network, optimiser, lr scheduler and loss the trainer builds for nnUNetv2_train
-    # the pretext's training stream as on_train_start (not run here: dataloaders, plans copy) seeds it on rank 0
-    seed = getattr(cls, "vf_seed", getattr(cls, "pretext_seed", None))
-    if seed is not None:
-        trainer._train_generator = torch.Generator().manual_seed(seed)
-    return trainer
 
 
 def _train(trainer: nnUNetTrainer, channels: int, epochs: int, iterations: int, val_batches: int = 2,
@@ -132,7 +92,7 @@ def _metric(record: dict, name: str) -> dict:
 
 
 def test_volume_fusion_uses_the_mis_fm_optimiser(tmp_path, monkeypatch):
-    trainer = _trainer(nnUNetTrainerVolumeFusion, {"0": "T1", "1": "FLAIR"}, 2, tmp_path, monkeypatch)
+    trainer = tiny_trainer(nnUNetTrainerVolumeFusion, {"0": "T1", "1": "FLAIR"}, 2, tmp_path, monkeypatch)
     assert type(trainer.optimizer) is torch.optim.Adam
     group = trainer.optimizer.param_groups[0]
     assert (trainer.initial_lr, group["weight_decay"]) == (1e-3, 1e-5)
@@ -156,7 +116,7 @@ ENTRY_KEYS = {"name", "value", "baseline", "baseline_name", "higher_is_better", 
 
 
 def test_volume_fusion_learns(tmp_path, monkeypatch):
-    trainer = _trainer(nnUNetTrainerVolumeFusion, {"0": "T1", "1": "FLAIR"}, 4, tmp_path, monkeypatch)
+    trainer = tiny_trainer(nnUNetTrainerVolumeFusion, {"0": "T1", "1": "FLAIR"}, 4, tmp_path, monkeypatch)
     record = _train(trainer, channels=2, epochs=VF_EPOCHS, iterations=VF_ITERATIONS)
     assert record["trainer"] == "nnUNetTrainerVolumeFusion" and record["epoch"] == VF_EPOCHS - 1
     assert [h["epoch"] for h in record["history"]] == list(range(VF_EPOCHS))
@@ -172,7 +132,7 @@ def test_volume_fusion_learns(tmp_path, monkeypatch):
 
 
 def test_swin_proxies_learn(tmp_path, monkeypatch):
-    trainer = _trainer(nnUNetTrainerSwinProxies, {"0": "T1", "1": "FLAIR"}, 4, tmp_path, monkeypatch)
+    trainer = tiny_trainer(nnUNetTrainerSwinProxies, {"0": "T1", "1": "FLAIR"}, 4, tmp_path, monkeypatch)
     record = _train(trainer, channels=2, epochs=SWIN_EPOCHS, iterations=SWIN_ITERATIONS)
     rotation, l1 = _metric(record, "rotation accuracy"), _metric(record, "reconstruction L1")
     # measured: 1.0 after 400 steps (0.8 after 250)
@@ -187,7 +147,7 @@ def test_swin_proxies_learn(tmp_path, monkeypatch):
 
 
 def test_cross_modality_learns(tmp_path, monkeypatch):
-    trainer = _trainer(nnUNetTrainerCrossModality, {"0": "T1", "1": "T1Gd", "2": "FLAIR"}, 4, tmp_path, monkeypatch)
+    trainer = tiny_trainer(nnUNetTrainerCrossModality, {"0": "T1", "1": "T1Gd", "2": "FLAIR"}, 4, tmp_path, monkeypatch)
     record = _train(trainer, channels=3, epochs=CM_EPOCHS, iterations=CM_ITERATIONS)
     value = _metric(record, "PSNR (dB)")
     # measured: 22.9 dB against 13.2 dB for each target's own mean intensity
@@ -197,7 +157,7 @@ def test_cross_modality_learns(tmp_path, monkeypatch):
 def test_resumed_run_keeps_the_history_before_its_epoch(tmp_path, monkeypatch):
     from nnunetv2_ext.training.pretext_metrics import pretext_metric, report_pretext_metrics
 
-    trainer = _trainer(nnUNetTrainerCrossModality, {"0": "T1", "1": "T1Gd", "2": "FLAIR"}, 2, tmp_path, monkeypatch)
+    trainer = tiny_trainer(nnUNetTrainerCrossModality, {"0": "T1", "1": "T1Gd", "2": "FLAIR"}, 2, tmp_path, monkeypatch)
     path = Path(trainer.output_folder) / PRETEXT_METRICS_FILE
     for epoch in range(3):
         trainer.current_epoch = epoch

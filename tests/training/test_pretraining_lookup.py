@@ -82,6 +82,39 @@ def test_pretext_trainers_are_this_packages_subclasses_of_the_three_pretexts():
                         "nnUNetTrainerVolumeFusionElsewhere"}
 
 
+def test_a_new_pretext_trainer_needs_no_edit_of_the_lookup(tmp_path, monkeypatch):
+    """Any PretextTrainerBase subclass a module of TRAINER_MODULES exports is a pretext trainer; what it does not
+    export (a mixin, a helper class) is not."""
+    import sys
+    import types
+
+    import nnunetv2_ext.training as training
+    from nnunetv2_ext.training.pretext_base import PretextTrainerBase
+
+    module = types.ModuleType("nnunetv2_ext.training.toy_pretext")
+    module.nnUNetTrainerToyPretext = type("nnUNetTrainerToyPretext", (PretextTrainerBase,), {})
+    module.nnUNetTrainerToyHelper = type("nnUNetTrainerToyHelper", (PretextTrainerBase,), {})
+    module.__all__ = ["nnUNetTrainerToyPretext"]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(training, "TRAINER_MODULES", training.TRAINER_MODULES + (module.__name__,))
+    names = lookup.pretext_trainer_names()
+    assert "nnUNetTrainerToyPretext" in names and "nnUNetTrainerToyHelper" not in names
+    checkpoint = _run(tmp_path, "nnUNetTrainerToyPretext")
+    assert _find(tmp_path) == [checkpoint]
+
+
+def test_the_lookup_module_imports_no_trainer_until_asked():
+    """`nnunetv2_ext weights use` and the CLI import the lookup without torch or nnU-Net's trainer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nnunetv2_ext.training.pretraining_lookup\n"
+            "print(sorted(m for m in ('torch', 'nnunetv2', 'nnunetv2_ext.training.pretext_base') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
 def test_several_runs_are_all_found_sorted_and_refused_with_how_to_choose(tmp_path):
     swin = _run(tmp_path, "nnUNetTrainerSwinProxies", fold="0")
     vf = _run(tmp_path, "nnUNetTrainerVolumeFusion_debug")
