@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from nnunetv2_ext.planning.backbones import BACKBONE_NAMES
+from nnunetv2_ext.proxy.experiment import SCALES
 
 
 def _plans(args: argparse.Namespace) -> None:
@@ -147,8 +148,12 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _weights_inspect(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.transfer.formats import FORMATS
     from nnunetv2_ext.transfer.inspect_cli import inspect_target, inspect_weights
 
+    if args.format is not None and args.format not in FORMATS:  # the table needs torch: checked here, not by argparse
+        raise ValueError(f"--format {args.format!r} is not a known checkpoint format; choose one of "
+                         f"{', '.join(FORMATS)}, or leave --format out to detect it")
     if args.dataset:
         print(inspect_target(args.file, args.dataset, args.plans, args.configuration, args.trainer, args.format))
     else:
@@ -332,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                   required=True)
     p = weights.add_parser("inspect", help="format, tensors, input channels; with --dataset a dry-run transfer report")
     p.add_argument("file")
-    p.add_argument("--format", default=None,
-                   choices=["nnunet", "nnssl", "monai_swin_ssl", "monai_swin", "brainsegfounder", "state_dict"])
+    p.add_argument("--format", default=None, metavar="FORMAT",
+                   help="force a checkpoint format (one row of nnunetv2_ext.transfer.formats.CHECKPOINT_FORMATS: "
+                   "nnunet, nnssl, monai_swin_ssl, ...); default: detected")
     p.add_argument("--dataset", default=None, help="target dataset id/name: report what would load where")
     p.add_argument("--plans", default="nnUNetPlans_MultiEncoder")
     p.add_argument("--configuration", default="3d_fullres")
@@ -384,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = proxy.add_parser("run", help="train every method on every few-shot level through nnU-Net and write the "
                          "tables, the few-shot curve and the paired comparison to OUT/results_<scale>; rerun to resume")
     p.add_argument("--out", required=True, help="benchmark folder written by `proxy make`")
-    p.add_argument("--scale", choices=["cpu", "cpu2d", "gpu", "smoke"], default="cpu",
+    p.add_argument("--scale", choices=list(SCALES), default="cpu",
                    help="cpu: 2-core CPU in about an hour (default); cpu2d: nnU-Net's 2d configuration with long "
                    "pretraining, 2 labelled cases; gpu: nnU-Net's planned patch, longer schedule; smoke: a toy run "
                    "for tests")

@@ -112,12 +112,25 @@ def test_commands_never_modify_the_raw_dataset(raw_dataset, tmp_path):
     assert _tree_hash(raw_dataset) == before
 
 
-def test_weights_inspect_offers_every_known_format():
+def test_weights_inspect_refuses_an_unknown_format_naming_the_flag(tmp_path, capsys):
+    import torch
+
     from nnunetv2_ext.transfer.formats import FORMATS
 
-    action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["weights"]
-                  ._subparsers._group_actions[0].choices["inspect"]._actions if a.dest == "format")
-    assert tuple(action.choices) == FORMATS
+    checkpoint = tmp_path / "w.pth"
+    torch.save({"encoder.stages.0.weight": torch.zeros(2, 1, 3, 3, 3)}, checkpoint)
+    assert cli.main(["weights", "inspect", str(checkpoint), "--format", "lightning"]) == 2
+    err = capsys.readouterr().err
+    assert "--format 'lightning'" in err and all(name in err for name in FORMATS)
+    assert cli.main(["weights", "inspect", str(checkpoint), "--format", "state_dict"]) == 0
+
+
+def test_proxy_run_offers_every_scale():
+    from nnunetv2_ext.proxy.experiment import SCALES
+
+    action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["proxy"]
+                  ._subparsers._group_actions[0].choices["run"]._actions if a.dest == "scale")
+    assert list(action.choices) == list(SCALES)
 
 
 def test_plans_offers_every_backbone_and_refuses_others(capsys):
