@@ -9,15 +9,16 @@ setup(
     packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]),
     python_requires=">=3.10",
     install_requires=[
-        # torch is pinned by the environment (see README); any 2.x that nnunetv2 accepts works
-        "torch>=2.1",
+        # torch >= 2.6: torch.serialization.get_unsafe_globals_in_checkpoint and (object, name) safe_globals entries
+        # (transfer/checkpoint.py); scripts/test_oldest.sh runs the unit tests on the floors
+        "torch>=2.6",
         "nnunetv2>=2.8.1,<2.9",
-        "dynamic-network-architectures>=0.4.1,<0.5",
+        "dynamic-network-architectures>=0.4.4,<0.5",  # the floors nnunetv2 2.8.1 sets
         "batchgenerators>=0.25.1",
-        "batchgeneratorsv2>=0.3.0",
-        "acvl-utils>=0.2.3",
+        "batchgeneratorsv2>=0.3.2",
+        "acvl-utils>=0.2.6,<0.3",
         "SimpleITK>=2.2.1",
-        "numpy>=1.24",
+        "numpy>=1.26",                          # nnunetv2 2.8.1 needs blosc2 >= 3.3.2, which needs numpy >= 1.26
         "scipy>=1.10",
         "matplotlib>=3.7",
         "tqdm>=4.60",

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def atomic_write_text(text: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -44,6 +48,20 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, overwrite: bool = False
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     return atomic_write_text(json.dumps(obj, indent=4, sort_keys=False), path, overwrite)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with what strict JSON cannot hold replaced: NaN and +/-inf become None (null), numpy scalars Python
+    numbers, tuples lists and mapping keys strings; containers are copied, never changed in place."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def load_json(path: str | os.PathLike) -> Any:

@@ -170,8 +170,9 @@ class UNETRBackbone(_MonaiBackbone):
         feature_size, hidden_size, mlp_dim, num_heads: MONAI's defaults (16, 768, 3072, 12: the paper's ViT-B/16).
         **unetr_kwargs: any other JSON-serialisable ``monai.networks.nets.UNETR`` argument.
 
-    MONAI's transformer blocks create a ``norm_cross_attn`` LayerNorm even without cross-attention; it is never
-    used, so it is replaced by an identity (no parameter without a gradient: DDP refuses those).
+    MONAI's transformer blocks create a ``norm_cross_attn`` LayerNorm even without cross-attention (and, before
+    MONAI 1.6, the ``cross_attn`` block too); they are never used, so they are replaced by identities (no parameter
+    without a gradient: DDP refuses those; the same state_dict keys under every MONAI version).
 
     Raises:
         ValueError: ``img_size`` not a multiple of 16 or of the wrong length, ``deep_supervision`` requested.
@@ -192,8 +193,10 @@ class UNETRBackbone(_MonaiBackbone):
                     feature_size=int(feature_size), hidden_size=int(hidden_size), mlp_dim=int(mlp_dim),
                     num_heads=int(num_heads), spatial_dims=dims, **{k: _as_tuple(v) for k, v in unetr_kwargs.items()})
         for block in net.vit.blocks:
-            if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
-                block.norm_cross_attn = nn.Identity()
+            if not getattr(block, "with_cross_attention", False):
+                for unused in ("norm_cross_attn", "cross_attn"):
+                    if hasattr(block, unused):
+                        setattr(block, unused, nn.Identity())
         super().__init__(net, deep_supervision, supported=False)
         self.img_size = tuple(img_size)
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nnunetv2_ext.io_utils import atomic_write_json, load_json
+from nnunetv2_ext.io_utils import atomic_write_json, json_safe, load_json
 
 #: Dataset137 (nnU-Net's BraTS 2021 conversion) labels: 1 edema, 2 necrosis/non-enhancing core, 3 enhancing.
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
@@ -314,14 +314,6 @@ def _nan_stats(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                      dataset_json: Mapping[str, Any] | str | os.PathLike, file_ending: str = ".nii.gz",
                      num_processes: int = 1, output: str | os.PathLike | None = None,
@@ -397,7 +389,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     if output is not None:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(_json_safe(summary), output, overwrite=True)
+        atomic_write_json(json_safe(summary), output, overwrite=True)
         with open(output.with_suffix(".csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["case", "region", *METRIC_NAMES])

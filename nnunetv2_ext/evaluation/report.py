@@ -17,7 +17,7 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from nnunetv2_ext.evaluation.metrics import evaluate_folders
 METRICS_FILE = "metrics_ext.json"
 TABLE1_METRICS = (("dice", "Av. DSC"), ("accuracy", "ACC"), ("sensitivity", "SE"), ("specificity", "SP"),
                   ("precision", "PRE"), ("hd95_mm", "HD95 (mm)"))
+
+#: A point of :func:`plot_curves`: ``(x, mean, sd)``; a line: ``(label, points)``; a panel: ``(title, lines)``.
+CurvePoint = Tuple[float, float, float]
+CurveLine = Tuple[str, Sequence[CurvePoint]]
+CurvePanel = Tuple[str, Sequence[CurveLine]]
 
 
 @dataclass
@@ -39,15 +44,34 @@ class FoldResult:
         return self.model.split("__")[0]
 
     def mean(self, metric: str, region: Optional[str] = None) -> float:
-        """Mean over cases of one region, or over cases and regions (NaN-safe)."""
+        """Mean over cases of one region, or over cases and regions (:func:`nanmean`; a missing value is NaN)."""
         regions = [region] if region else list(self.summary["mean"])
         values = [self.summary["mean"][r].get(metric) for r in regions]
-        values = [v for v in values if v is not None and not np.isnan(v)]
-        return float(np.mean(values)) if values else float("nan")
+        return nanmean(float("nan") if v is None else v for v in values)
 
 
-def _fold_metrics(fold_dir: Path, gt_dir: Path, dataset_json: Path, num_processes: int) -> Optional[dict]:
-    validation = fold_dir / "validation"
+def nanmean(values: Iterable[Any]) -> float:
+    """Mean of the finite values (NaN and +/-inf skipped: the metrics' JSON cache stores both as null, so a fresh
+    and a cached summary give the same mean), NaN if there is none."""
+    arr = np.asarray(list(values), dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def nansd(values: Iterable[Any]) -> float:
+    """Sample standard deviation (ddof = 1) of the finite values; 0.0 for a single one, NaN for none."""
+    arr = np.asarray(list(values), dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return float("nan")
+    return float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def fold_metrics(fold_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+                 dataset_json: Mapping[str, Any] | str | os.PathLike, num_processes: int = 1) -> Optional[dict]:
+    """The :func:`~nnunetv2_ext.evaluation.metrics.evaluate_folders` summary of a fold's ``validation/`` predictions,
+    cached as ``validation/metrics_ext.json`` and recomputed when a prediction is newer; None without predictions."""
+    validation = Path(fold_dir) / "validation"
     predictions = sorted(validation.glob("*.nii.gz"))
     if not predictions:
         return None
@@ -86,17 +110,12 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
         if (trainers and trainer not in trainers) or (configuration and config != configuration):
             continue
         for fold_dir in sorted(model.glob("fold_*")):
-            summary = _fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes)
+            summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes)
             if summary is not None:
                 results.append(FoldResult(model.name, fold_dir.name[len("fold_"):], summary))
     if not results:
         raise ValueError(f"no fold under {root} has validation predictions (run nnUNetv2_train first)")
     return results
-
-
-def _nanmean(values) -> float:
-    values = [v for v in values if not np.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def _fold_sort_key(fold: str):
@@ -113,9 +132,9 @@ def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] =
             continue
         row = {"model": model, "folds": ",".join(sorted((r.fold for r in runs), key=_fold_sort_key))}
         for metric, label in TABLE1_METRICS:
-            row[label] = _nanmean([r.mean(metric) for r in runs])
+            row[label] = nanmean(r.mean(metric) for r in runs)
         for region in runs[0].summary["mean"]:
-            row[f"DSC {region}"] = _nanmean([r.mean("dice", region) for r in runs])
+            row[f"DSC {region}"] = nanmean(r.mean("dice", region) for r in runs)
         rows.append(row)
     return rows
 
@@ -150,30 +169,74 @@ def few_shot_table(results: Sequence[FoldResult], index: Sequence[dict]) -> List
     return rows
 
 
-def plot_few_shot(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """The few-shot curve (Cox et al. 2024, Figure 5): mean Dice vs training fraction, error bars +/- 1 s.d."""
+def plot_curves(panels: Sequence[CurvePanel], path: str | os.PathLike, *, xlabel: str, ylabel: str,
+                title: str = "", figsize: Optional[Tuple[float, float]] = None,
+                log2_xticks: Optional[Sequence[float]] = None, image_format: Optional[str] = None) -> Path:
+    """Mean +/- 1 s.d. curves in the style of the few-shot plot of Cox et al. 2024 (BrainSegFounder, Figure 5).
+
+    One panel per ``(title, lines)`` side by side, sharing the y axis; in each, one line per ``(label, points)``
+    with error bars of +/- ``sd`` at each ``(x, mean, sd)`` point (a line without points is left out). The y label
+    is on the first panel, the legend on the last.
+
+    Args:
+        panels: the panels, left to right.
+        path: the image file.
+        xlabel: x label of every panel.
+        ylabel: y label of the first panel.
+        title: title above all panels (none if empty).
+        figsize: inches (default: 3.4 per panel + 0.6 wide, 3.6 high).
+        log2_xticks: if given, a log-2 x axis with ticks (labelled) at these values and no minor ticks.
+        image_format: matplotlib's ``format`` (default: from the suffix of ``path``).
+
+    Raises:
+        ValueError: no panel.
+    """
+    if not panels:
+        raise ValueError("plot_curves needs at least one (title, lines) panel, got none")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        ax.errorbar([100 * r["fraction"] for r in mine], [r["mean_dice"] for r in mine],
-                    yerr=[r["sd_dice"] for r in mine], marker="o", capsize=3, label=model.split("__")[0])
-    ax.set_xlabel("labelled training cases (% of the fold's training set)")
-    ax.set_ylabel("mean Dice (validation, all regions)")
-    ax.set_title(title or "Few-shot fine-tuning")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if figsize is None:
+        figsize = (3.4 * len(panels) + 0.6, 3.6)
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, dpi=120, sharey=True, squeeze=False)
+    for ax, (panel_title, lines) in zip(axes[0], panels):
+        for label, points in lines:
+            if points:
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, label=label)
+        if log2_xticks is not None:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(list(log2_xticks))
+            ax.set_xticklabels([str(x) for x in log2_xticks])
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_title(panel_title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, format=image_format)
     plt.close(fig)
     return path
 
 
-def _markdown(rows: Sequence[dict]) -> str:
+def plot_few_shot(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """The few-shot curve (Cox et al. 2024, Figure 5): mean Dice vs training fraction, error bars +/- 1 s.d."""
+    lines = [(model.split("__")[0], [(100 * r["fraction"], r["mean_dice"], r["sd_dice"])
+                                     for r in rows if r["model"] == model])
+             for model in dict.fromkeys(r["model"] for r in rows)]
+    return plot_curves([(title or "Few-shot fine-tuning", lines)], path, figsize=(6, 4),
+                       xlabel="labelled training cases (% of the fold's training set)",
+                       ylabel="mean Dice (validation, all regions)")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """A Markdown table: the keys of the first row as columns, floats with 4 decimals; ``(no rows)`` if empty."""
     if not rows:
         return "(no rows)\n"
     keys = list(rows[0])
@@ -183,8 +246,10 @@ def _markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_table(rows: Sequence[dict], stem: Path) -> None:
-    stem.with_suffix(".md").write_text(_markdown(rows))
+def write_table(rows: Sequence[dict], stem: str | os.PathLike) -> None:
+    """``<stem>.md`` (:func:`markdown_table`) and, unless ``rows`` is empty, ``<stem>.csv`` (all digits)."""
+    stem = Path(stem)
+    stem.with_suffix(".md").write_text(markdown_table(rows))
     if rows:
         with open(stem.with_suffix(".csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -216,12 +281,12 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
     few_shot_folds = {str(e["fold"]) for e in index}
     standard_folds = sorted({r.fold for r in results} - few_shot_folds, key=_fold_sort_key)
     written = {}
-    _write_table(table_models(results, standard_folds), out / "table_models")
-    _write_table(table_folds(results, standard_folds), out / "table_folds")
+    write_table(table_models(results, standard_folds), out / "table_models")
+    write_table(table_folds(results, standard_folds), out / "table_folds")
     written.update(table_models=out / "table_models.md", table_folds=out / "table_folds.md")
     if index:
         rows = few_shot_table(results, index)
-        _write_table(rows, out / "few_shot")
+        write_table(rows, out / "few_shot")
         written["few_shot"] = out / "few_shot.md"
         if rows:
             written["few_shot_plot"] = plot_few_shot(rows, out / "few_shot.png", Path(results_dataset_dir).name)

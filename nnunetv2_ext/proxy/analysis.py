@@ -3,7 +3,8 @@
 Every run (one method trained on one random subset of ``n_labelled`` labelled cases) predicted the same fixed
 held-out test cases into its fold's ``validation/`` folder. Runs are scored once with
 :func:`nnunetv2_ext.evaluation.metrics.evaluate_folders` (through the cache of
-:func:`nnunetv2_ext.evaluation.report._fold_metrics`); everything else here works on those summaries.
+:func:`nnunetv2_ext.evaluation.report.fold_metrics`); everything else here works on those summaries. Tables, the
+NaN-skipping statistics and the curve plot are those of :mod:`nnunetv2_ext.evaluation.report`.
 
 Aggregation (the same everywhere):
 
@@ -31,8 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nnunetv2_ext.evaluation.report import _fold_metrics, _markdown, _write_table
-from nnunetv2_ext.io_utils import atomic_write_json
+from nnunetv2_ext.evaluation.report import fold_metrics, markdown_table, nanmean, nansd, plot_curves, write_table
+from nnunetv2_ext.io_utils import atomic_write_json, json_safe
 
 #: (metric key of :func:`~nnunetv2_ext.evaluation.metrics.case_metrics`, column label): Taheri Otaghsara et al. 2025
 #: (Multi-encoder nnU-Net) Table 1 plus HD95.
@@ -112,7 +113,7 @@ def score_runs(runs: Sequence[Run], gt_dir: str | os.PathLike, dataset_json: Map
         seen.add((run.method, run.n_labelled, run.subset))
     scores = {}
     for run in runs:
-        summary = _fold_metrics(Path(run.fold_dir), gt_dir, dataset_json, num_processes)
+        summary = fold_metrics(run.fold_dir, gt_dir, dataset_json, num_processes)
         if summary is None:
             raise FileNotFoundError(
                 f"run {run.describe()}: {Path(run.fold_dir) / 'validation'} holds no *.nii.gz predictions; predict "
@@ -125,20 +126,6 @@ def score_runs(runs: Sequence[Run], gt_dir: str | os.PathLike, dataset_json: Map
 
 def _float(value: Any) -> float:
     return math.nan if value is None else float(value)  # the JSON cache stores NaN as null
-
-
-def _nanmean(values) -> float:
-    arr = np.asarray(list(values), dtype=float)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else math.nan
-
-
-def _nansd(values) -> float:
-    arr = np.asarray(list(values), dtype=float)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0:
-        return math.nan
-    return float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
 def _index(scores: Mapping[Run, Any]) -> dict[str, dict[int, dict[int, Any]]]:
@@ -183,14 +170,14 @@ def _case_values(summary: Mapping, region: str, metric: str) -> dict[str, float]
     out = {}
     for case, per_region in summary["cases"].items():
         if region == MEAN_REGION:
-            out[case] = _nanmean(_float(m[metric]) for m in per_region.values())
+            out[case] = nanmean(_float(m[metric]) for m in per_region.values())
         else:
             out[case] = _float(per_region[region][metric])
     return out
 
 
 def _run_value(summary: Mapping, region: str, metric: str) -> float:
-    return _nanmean(_case_values(summary, region, metric).values())
+    return nanmean(_case_values(summary, region, metric).values())
 
 
 def table_numbers(scores: Mapping[Run, dict], regions: Sequence[str] | None = None,
@@ -214,7 +201,7 @@ def table_numbers(scores: Mapping[Run, dict], regions: Sequence[str] | None = No
                 values[region] = {}
                 for metric in metrics:
                     per_subset = [_run_value(by_n[n][s], region, metric) for s in subsets]
-                    values[region][metric] = {"mean": _nanmean(per_subset), "sd": _nansd(per_subset),
+                    values[region][metric] = {"mean": nanmean(per_subset), "sd": nansd(per_subset),
                                               "per_subset": per_subset}
             rows.append({"method": method, "n_labelled": n, "n_subsets": len(subsets), "subsets": subsets,
                          "values": values})
@@ -273,41 +260,21 @@ def plot_curve(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -
     """
     if not rows:
         raise ValueError("no curve rows to plot (curve_rows returned nothing)")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
-
     regions = list(dict.fromkeys(r["region"] for r in rows))
     if MEAN_REGION in regions:
         regions.append(regions.pop(regions.index(MEAN_REGION)))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    ns = sorted({int(r["n_labelled"]) for r in rows})
-    fig, axes = plt.subplots(1, len(regions), figsize=(3.4 * len(regions) + 0.6, 3.6), dpi=120, sharey=True,
-                             squeeze=False)
-    for ax, region in zip(axes[0], regions):
+    panels = []
+    for region in regions:
+        lines = []
         for method in methods:
             mine = sorted((r for r in rows if r["method"] == method and r["region"] == region
                            and math.isfinite(r["mean_dice"])), key=lambda r: r["n_labelled"])
-            if mine:
-                ax.errorbar([r["n_labelled"] for r in mine], [r["mean_dice"] for r in mine],
-                            yerr=[r["sd_dice"] for r in mine], marker="o", capsize=3, label=str(method))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ns)
-        ax.set_xticklabels([str(n) for n in ns])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_title("mean over regions" if region == MEAN_REGION else str(region))
-        ax.set_xlabel("labelled training cases")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Dice (test cases), ± 1 s.d. over subsets")
-    axes[0][-1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+            lines.append((str(method), [(r["n_labelled"], r["mean_dice"], r["sd_dice"]) for r in mine]))
+        panels.append(("mean over regions" if region == MEAN_REGION else str(region), lines))
+    return plot_curves(panels, path, xlabel="labelled training cases",
+                       ylabel="Dice (test cases), ± 1 s.d. over subsets", title=title,
+                       log2_xticks=sorted({int(r["n_labelled"]) for r in rows}), image_format="png")
 
 
 # ------------------------------------------------------------------------------------------ paired comparison
@@ -415,19 +382,7 @@ def paired_comparison(scores: Mapping[Run, dict], method_a: str, method_b: str, 
 
 # -------------------------------------------------------------------------------------------------- writing
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def _paired_markdown(rows: Sequence[dict], labels: Mapping[str, str]) -> str:
+def _pairedmarkdown_table(rows: Sequence[dict], labels: Mapping[str, str]) -> str:
     a, b, metric = rows[0]["method_a"], rows[0]["method_b"], rows[0]["metric"]
     fmt = lambda v: "n/a" if not math.isfinite(v) else f"{v:.4f}"  # noqa: E731
     table = [{"n_labelled": r["n_labelled"], "region": r["region"], "mean diff (a - b)": fmt(r["mean_diff"]),
@@ -438,10 +393,10 @@ def _paired_markdown(rows: Sequence[dict], labels: Mapping[str, str]) -> str:
              for r in rows]
     return (f"## {labels.get(a, a)} (a) vs {labels.get(b, b)} (b): {metric}\n\n"
             f"Paired by labelled subset and test case; {100 * CI_LEVEL:g} % interval from a two-level bootstrap "
-            f"(subsets, then test cases).\n\n" + _markdown(table))
+            f"(subsets, then test cases).\n\n" + markdown_table(table))
 
 
-def summary_markdown(results: Mapping[str, Any]) -> str:
+def summarymarkdown_table(results: Mapping[str, Any]) -> str:
     """A short report from a ``results.json`` dict: the setup (``meta``), Dice per region and HD95 (mean ± s.d.
     over subsets, one row per method and level) and every paired comparison on the mean over regions."""
     meta, labels = results.get("meta") or {}, results.get("methods_labels") or {}
@@ -471,14 +426,14 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
             cell = row["values"][regions[-1]]["hd95_mm"]
             line[f"{regions[-1]} HD95 (mm)"] = _mean_sd(_float(cell["mean"]), _float(cell["sd"]), 1)
             table.append(line)
-        lines.append(_markdown(table))
+        lines.append(markdown_table(table))
     for comparison in results.get("paired") or []:
         mean_rows = [r for r in comparison if r["region"] == MEAN_REGION] or comparison
         if not mean_rows:
             continue
         a, b = mean_rows[0]["method_a"], mean_rows[0]["method_b"]
         lines.append(f"## {labels.get(a, a)} minus {labels.get(b, b)}: Dice ({mean_rows[0]['region']}), paired\n")
-        lines.append(_markdown([{"labelled cases": r["n_labelled"],
+        lines.append(markdown_table([{"labelled cases": r["n_labelled"],
                                  "mean difference": f"{_float(r['mean_diff']):+.4f}",
                                  "95 % CI": f"[{_float(r['ci_low']):+.4f}, {_float(r['ci_high']):+.4f}]",
                                  "p(a > b)": f"{_float(r['p(a > b)']):.3f}", "subsets": r["n_subsets"],
@@ -523,7 +478,7 @@ def write_results(scores: Mapping[Run, dict], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
 
     table = results_table(scores)
-    _write_table([{**row, "method": labels[row["method"]]} for row in table], out / "table")
+    write_table([{**row, "method": labels[row["method"]]} for row in table], out / "table")
     curve = curve_rows(scores)
     plot_curve([{**row, "method": labels[row["method"]]} for row in curve], out / "curve.png",
                title="Dice vs labelled training cases")
@@ -536,7 +491,7 @@ def write_results(scores: Mapping[Run, dict], out_dir: str | os.PathLike,
         rows = paired_comparison(scores, method_a, method_b)
         paired.append(rows)
         if rows:
-            sections.append(_paired_markdown(rows, labels))
+            sections.append(_pairedmarkdown_table(rows, labels))
         else:
             sections.append(f"## {labels[method_a]} vs {labels[method_b]}\n\nno n_labelled with runs of both.\n")
     if skipped:
@@ -552,8 +507,8 @@ def write_results(scores: Mapping[Run, dict], out_dir: str | os.PathLike,
     results = {"meta": meta or {}, "methods_labels": labels, "table_metrics": [list(m) for m in TABLE_METRICS],
                "runs": runs, "table": table_numbers(scores), "curve": curve, "paired": paired,
                "paired_skipped": skipped}
-    results = _json_safe(results)
-    (out / "summary.md").write_text(summary_markdown(results))
+    results = json_safe(results)
+    (out / "summary.md").write_text(summarymarkdown_table(results))
     atomic_write_json(results, out / RESULTS_FILE, overwrite=True)  # last: a crash leaves no results.json
     return {"results": out / RESULTS_FILE, "table": out / "table.md", "table_csv": out / "table.csv",
             "curve": out / "curve.png", "paired": out / "paired.md", "summary": out / "summary.md"}

@@ -23,21 +23,27 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from numpy._core.multiarray import scalar as _np_scalar
 
 from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.transfer.axes import AXIS_ORDERS
 
+# numpy's scalar reconstructor, taken from the pickle protocol rather than a private module: numpy 2 names it
+# ``numpy._core.multiarray.scalar``, numpy 1.x ``numpy.core.multiarray.scalar`` (``numpy._core`` does not exist before
+# numpy 1.26.1, where it is a stub).
+_np_scalar = np.float64(0).__reduce__()[0]
+
 # What a real nnU-Net checkpoint needs beyond torch's default weights_only allow-list (found by loading one written
 # by nnUNetTrainer.save_checkpoint): numpy scalars are pickled as ``numpy._core.multiarray.scalar(dtype, bytes)``
-# (``numpy.core.multiarray.scalar`` when written with numpy 1.x), with the dtype rebuilt as ``numpy.dtype`` and its
-# class (float32 in the logs; float64 where a mean over Python floats was logged). No callable that runs code.
+# (``numpy.core.multiarray.scalar`` when written with numpy 1.x; both names are listed, so either file loads under
+# either numpy), with the dtype rebuilt as ``numpy.dtype`` and its class (float32 in the logs; float64 where a mean
+# over Python floats was logged; ``numpy.dtypes.Float32DType`` from numpy 1.25 on, taken from an instance here so
+# numpy 1.24 works too). No callable that runs code. The ``(object, name)`` entries need torch >= 2.6.
 NNUNET_SAFE_GLOBALS: List[Any] = [
-    _np_scalar,
+    (_np_scalar, "numpy._core.multiarray.scalar"),
     (_np_scalar, "numpy.core.multiarray.scalar"),
     np.dtype,
-    np.dtypes.Float32DType,
-    np.dtypes.Float64DType,
+    type(np.dtype(np.float32)),
+    type(np.dtype(np.float64)),
 ]
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")

@@ -1,0 +1,223 @@
+"""Tests for nnunetv2_ext.inference.subset_predict: the parsing and checks of the present modalities, the case
+search, the zero-filled channel stack, the encoder mask, and one prediction through nnU-Net's predictor with a tiny
+randomly initialised multi-encoder (the 2d configuration of the tiny 4-modality plans; no training, no
+preprocessing run). tests/e2e/test_missing_modalities_e2e.py runs the command on a model trained with modality
+dropout."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
+from nnunetv2_ext.inference.subset_predict import (
+    _channels_of, _encoder_mask, _find_cases, _preprocessed_cases, _trainer_class, model_folder_from_args,
+    predict_with_subset)
+from tests.conftest import TINY_FIXTURES
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+NAMES = ["T1", "T1Gd", "T2", "FLAIR"]
+SHAPE = (1, 40, 32)  # (z, y, x): one slice of the 2d configuration's 40 x 32 patch
+
+
+def _tiny_network(encoder_groups=None) -> MultiEncoderUNet:
+    return MultiEncoderUNet(input_channels=4, n_stages=2, features_per_stage=[4, 8], conv_op=torch.nn.Conv2d,
+                            kernel_sizes=3, strides=[[1, 1], [2, 2]], n_conv_per_stage=1, num_classes=2,
+                            n_conv_per_stage_decoder=1, norm_op=torch.nn.InstanceNorm2d,
+                            nonlin=torch.nn.LeakyReLU, encoder_groups=encoder_groups, modality_names=NAMES)
+
+
+def _write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+
+
+# ---------------------------------------------------------------------------------------- present modalities
+
+@pytest.mark.parametrize("given, channels", [
+    ("T1,FLAIR", [0, 3]),
+    ("FLAIR, T1", [0, 3]),              # channel order, whatever the order given
+    (["T2"], [2]),
+    ("T1,,T1, T2 ,", [0, 2]),           # empty entries and repeats dropped
+    (NAMES, [0, 1, 2, 3]),
+])
+def test_present_modalities_become_sorted_channels(given, channels):
+    assert _channels_of(given, NAMES) == channels
+
+
+def test_unknown_or_no_modality_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match=r"unknown modalities \['T3'\].*\['T1', 'T1Gd', 'T2', 'FLAIR'\]"):
+        _channels_of("T1,T3", NAMES)
+    with pytest.raises(ValueError, match=r"unknown modalities \['t1'\]"):  # names are case-sensitive
+        _channels_of("t1", NAMES)
+    with pytest.raises(ValueError, match=r"at least one present modality, available: \['T1', 'T1Gd'"):
+        _channels_of(" , ", NAMES)
+
+
+def test_encoder_mask_follows_the_groups_and_refuses_half_a_group():
+    assert _encoder_mask(_tiny_network(), [0, 3], NAMES).tolist() == [1.0, 0.0, 0.0, 1.0]
+    grouped = _tiny_network(encoder_groups=[[0, 1], [2], [3]])  # T1 and T1Gd share an encoder
+    assert _encoder_mask(grouped, [0, 1, 3], NAMES).tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"\['T1', 'T1Gd'\] share one encoder.*given: \['T1'\]"):
+        _encoder_mask(grouped, [0, 3], NAMES)
+
+
+# -------------------------------------------------------------------------------------------------- the cases
+
+def test_find_cases_needs_only_the_present_files(tmp_path):
+    for name in ("a_0000.nii.gz", "a_0003.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "b_0003.nii.gz", "notes.txt",
+                 "a_0000.nii"):
+        (tmp_path / name).touch()
+    cases = _find_cases(str(tmp_path), ".nii.gz", [0, 3], NAMES)
+    assert cases == {"a": {0: str(tmp_path / "a_0000.nii.gz"), 3: str(tmp_path / "a_0003.nii.gz")},
+                     "b": {0: str(tmp_path / "b_0000.nii.gz"), 3: str(tmp_path / "b_0003.nii.gz")}}
+    with pytest.raises(ValueError, match=r"case a lacks the present modalities \['T1Gd \(a_0001.nii.gz\)'\]"):
+        _find_cases(str(tmp_path), ".nii.gz", [0, 1], NAMES)
+
+
+def test_find_cases_names_a_missing_or_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _find_cases(str(tmp_path / "nope"), ".nii.gz", [0], NAMES)
+    (tmp_path / "a_0000.nii").touch()
+    with pytest.raises(FileNotFoundError, match=r"no images named CASE_XXXX\.nii\.gz"):
+        _find_cases(str(tmp_path), ".nii.gz", [0], NAMES)
+
+
+class _RecordingPreprocessor:
+    """Stands in for nnU-Net's preprocessor: keeps the stack it is given and returns it unchanged."""
+    stacks: list = []
+
+    def __init__(self, verbose: bool = False):
+        pass
+
+    def run_case_npy(self, data, seg, properties, plans_manager, configuration_manager, dataset_json):
+        self.stacks.append(data.copy())
+        return data, seg, properties
+
+
+def test_absent_channels_are_zeros_and_present_ones_the_images(tmp_path):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    rng = np.random.default_rng(0)
+    images = {c: rng.uniform(1, 2, size=SHAPE).astype(np.float32) for c in (0, 3)}
+    for c, image in images.items():
+        _write_image(tmp_path / f"x_{c:04d}.nii.gz", image)
+    predictor = SimpleNamespace(plans_manager=SimpleNamespace(image_reader_writer_class=SimpleITKIO),
+                                configuration_manager=SimpleNamespace(preprocessor_class=_RecordingPreprocessor),
+                                dataset_json={})
+    _RecordingPreprocessor.stacks = []
+    cases = {"x": {c: str(tmp_path / f"x_{c:04d}.nii.gz") for c in images}}
+    (item,) = list(_preprocessed_cases(predictor, cases, 4, "/out"))
+    (stack,) = _RecordingPreprocessor.stacks
+    assert stack.shape == (4, *SHAPE) and stack.dtype == np.float32
+    np.testing.assert_array_equal(stack[0], images[0])
+    np.testing.assert_array_equal(stack[3], images[3])
+    assert not stack[1].any() and not stack[2].any()
+    assert item["ofile"] == "/out/x" and item["data"].dtype == torch.float32
+    assert item["data_properties"]["spacing"] == [1.0, 1.0, 1.0]
+
+
+def test_zscore_normalisation_keeps_a_zero_channel_zero():
+    """The module relies on it: nnU-Net's z-score of an all-zero image is all zero (std clamped), masked or not."""
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
+
+    for use_mask in (False, True):
+        zeros = np.zeros(SHAPE, dtype=np.float32)
+        seg = np.zeros(SHAPE, dtype=np.int8) if use_mask else None
+        out = ZScoreNormalization(use_mask_for_norm=use_mask, intensityproperties={}).run(zeros, seg)
+        assert np.all(out == 0)
+
+
+# ---------------------------------------------------------------------------------------- folders and trainers
+
+def test_model_folder_from_args(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    folder = tmp_path / "Dataset992_Tiny" / "nnUNetTrainerX__nnUNetPlans_MultiEncoder__2d"
+    folder.mkdir(parents=True)
+    assert Path(model_folder_from_args("Dataset992_Tiny", "nnUNetTrainerX", "nnUNetPlans_MultiEncoder", "2d")) == folder
+    with pytest.raises(FileNotFoundError, match=r"no trained model at .*nnUNetTrainerX__nnUNetPlans__3d_fullres"):
+        model_folder_from_args("Dataset992_Tiny", "nnUNetTrainerX")
+
+
+def test_trainer_class_finds_a_loaded_subclass_and_its_dropout():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunetv2_ext.training.modality_dropout import nnUNetTrainerMultiEncoderModalityDropout
+
+    assert _trainer_class("nnUNetTrainer") is nnUNetTrainer
+    cls = _trainer_class("nnUNetTrainerMultiEncoderModalityDropout")
+    assert cls is nnUNetTrainerMultiEncoderModalityDropout and cls.modality_dropout_p > 0
+    assert not getattr(nnUNetTrainer, "modality_dropout_p", 0)
+
+
+# ------------------------------------------------------------------------------------ through the predictor
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A model folder as nnUNetv2_train leaves it (dataset.json, plans.json, fold_0/checkpoint_final.pth), holding a
+    randomly initialised multi-encoder for the tiny plans' 2d configuration (written by nnUNetTrainer)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
+
+    dataset_json = json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text())
+    plans = derive_multi_encoder_plans(json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
+                                       dataset_json)
+    arch = plans["configurations"]["2d"]["architecture"]
+    heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads  # 3 regions
+    torch.manual_seed(0)
+    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     4, heads, allow_init=True, deep_supervision=False)
+    assert isinstance(network, MultiEncoderUNet)
+    folder = tmp_path_factory.mktemp("results") / "nnUNetTrainer__nnUNetPlans_MultiEncoder__2d"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    (folder / "plans.json").write_text(json.dumps(plans))
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def test_predicts_from_two_of_four_modalities(model_folder, tmp_path):
+    import SimpleITK as sitk
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for c in (0, 3):  # T1 and FLAIR only: no T1Gd or T2 file exists
+        _write_image(inputs / f"case_{c:04d}.nii.gz", rng.uniform(0, 1, size=SHAPE).astype(np.float32),
+                     spacing=(1.0, 1.0, 2.0))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"not trained with modality dropout: predictions without \['T1Gd', 'T2'\]"):
+        written = predict_with_subset(model_folder, inputs, out, "T1,FLAIR", use_mirroring=False)
+    assert written == [str(out / "case.nii.gz")]
+    seg = sitk.ReadImage(written[0])
+    assert seg.GetSize() == SHAPE[::-1] and seg.GetSpacing() == (1.0, 1.0, 2.0)
+    assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2, 3}
+    args = json.loads((out / "predict_with_subset_args.json").read_text())
+    assert args["modalities_present"] == ["T1", "FLAIR"] and args["folds"] == ["0"]
+    assert (out / "plans.json").is_file() and (out / "dataset.json").is_file()
+    with pytest.raises(FileExistsError, match="not empty"):
+        predict_with_subset(model_folder, inputs, out, "T1,FLAIR")
+
+
+def test_checks_happen_before_the_network_is_loaded(model_folder, tmp_path):
+    (tmp_path / "case_0000.nii.gz").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"unknown modalities \['PD'\]"):
+            predict_with_subset(model_folder, tmp_path, tmp_path / "out", "T1,PD")
+        with pytest.raises(ValueError, match=r"case case lacks the present modalities \['FLAIR \(case_0003"):
+            predict_with_subset(model_folder, tmp_path, tmp_path / "out", ["T1", "FLAIR"])
+    assert not (tmp_path / "out").exists()
