@@ -111,7 +111,7 @@ def permute_spatial_axes(state: Mapping[str, torch.Tensor], from_order: str, to_
                 grid = v.reshape(v.shape[0], *([side] * spatial), v.shape[2])
                 new = grid.permute(0, *[1 + d for d in _spatial_perm(spatial)], spatial + 1).reshape(v.shape)
         elif re.search(r"(^|\.)downsample\.(reduction\.weight|norm\.weight|norm\.bias)$", k):
-            offsets = MERGING_OFFSETS[merging] if spatial == 3 else _MERGING_2D
+            offsets: Sequence[Tuple[int, ...]] = MERGING_OFFSETS[merging] if spatial == 3 else _MERGING_2D
             n = len(offsets)
             dim = v.ndim - 1  # the concatenated 2^d * C axis: last for both the Linear weight and the LayerNorm
             if v.shape[dim] % n == 0:

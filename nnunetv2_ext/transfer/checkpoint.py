@@ -19,7 +19,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeGuard
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class ReadOptions:
 # what every reader shares
 
 
-def is_state_dict(obj: Any) -> bool:
+def is_state_dict(obj: Any) -> TypeGuard[Mapping[str, torch.Tensor]]:
     """True for a non-empty flat ``str -> Tensor`` mapping."""
     return isinstance(obj, Mapping) and len(obj) > 0 and \
         all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
@@ -324,9 +324,11 @@ def read_nnunet(path: Path, obj: Any, options: ReadOptions = ReadOptions()) -> E
         raise ValueError(f"{path}: 'network_weights' should be a flat dict of str -> Tensor, found "
                          f"{type(state).__name__} with {len(state) if isinstance(state, Mapping) else '?'} "
                          f"entries; the checkpoint was not written by nnU-Net's save_checkpoint")
-    init_args = obj.get("init_args") if isinstance(obj.get("init_args"), Mapping) else {}
+    raw_init_args = obj.get("init_args")
+    init_args: Mapping[str, Any] = raw_init_args if isinstance(raw_init_args, Mapping) else {}
     arch = _architecture(init_args) or {}
-    arch_kwargs = arch.get("arch_kwargs") if isinstance(arch.get("arch_kwargs"), Mapping) else {}
+    raw_arch_kwargs = arch.get("arch_kwargs")
+    arch_kwargs: Mapping[str, Any] = raw_arch_kwargs if isinstance(raw_arch_kwargs, Mapping) else {}
     network_class = arch.get("network_class_name") if isinstance(arch.get("network_class_name"), str) else None
     names = channel_names(init_args.get("dataset_json"), required=False)
     if names is None and isinstance(arch_kwargs.get("modality_names"), (list, tuple)):

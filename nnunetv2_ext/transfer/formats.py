@@ -126,7 +126,7 @@ def _first_tensor_keys(obj: Any, limit: int = 8) -> List[str]:
     return found
 
 
-def _remap(key: str, old: str, new: str) -> Optional[str]:
+def _remap(key: str, old: str, new: Optional[str]) -> Optional[str]:
     """``key`` with module path ``old`` replaced by ``new``, or None if ``key`` is not under ``old``."""
     if key == old or key.startswith(old + "."):
         return new + key[len(old):] if new else key[len(old) + 1:]
@@ -174,7 +174,8 @@ def _read_nnssl(path: Path, obj: Any, options: ReadOptions) -> ExternalWeights:
                          f"file with --format nnunet / state_dict")
     state = strip_prefixes(weights)
     notes: List[str] = []
-    arch_plans = plan.get("architecture_plans") if isinstance(plan.get("architecture_plans"), Mapping) else {}
+    raw_arch_plans = plan.get("architecture_plans")
+    arch_plans: Mapping[str, Any] = raw_arch_plans if isinstance(raw_arch_plans, Mapping) else {}
     arch = arch_plans.get("arch_class_name") if isinstance(arch_plans.get("arch_class_name"), str) else None
     pt_encoder, pt_stem = _plan_str(plan, "key_to_encoder", path), _plan_str(plan, "key_to_stem", path)
     pt_lpe = plan.get("key_to_lpe") if isinstance(plan.get("key_to_lpe"), str) else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, cast
 
 from torch import nn
 
@@ -131,7 +131,7 @@ def _load_json(path: Path, what: str) -> dict:
 def dataset_modalities(dataset: str | int | os.PathLike) -> List[str]:
     """Channel names of a preprocessed dataset, in channel order (its ``dataset.json``)."""
     folder = _preprocessed_folder(dataset)
-    return channel_names(_load_json(folder / "dataset.json", "dataset.json"))
+    return cast(List[str], channel_names(_load_json(folder / "dataset.json", "dataset.json")))  # required=True
 
 
 def build_target_network(dataset: str | int | os.PathLike, plans: str | os.PathLike, configuration: str,

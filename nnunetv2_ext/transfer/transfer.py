@@ -274,6 +274,7 @@ class _Transfer:
         out: List[Optional[int]] = []
         for i, enc in enumerate(self.tgt.encoders):
             names = [_norm_name(n) for n in self._group_names("target", enc)]
+            j: Optional[int]
             if self.src.kind == "single":
                 j = 0
             else:
@@ -333,10 +334,10 @@ class _Transfer:
             if loc is not None and loc[0] == j:
                 slices.append(ks[:, loc[1]])
                 copied.append(name)
-            elif loc is not None and other.in_proj is not None and \
+            elif loc is not None and other is not None and other.in_proj is not None and \
                     same_beyond_input_channels(self.s_state[other.in_proj], ks):
-                okey = self._src(other.in_proj)
-                slices.append(self.s_state[okey][:, loc[1]])
+                self._src(other.in_proj)  # marks it referenced
+                slices.append(self.s_state[other.in_proj][:, loc[1]])
                 borrowed.append(f"{name} (from source encoder {loc[0]})")
             else:
                 slices.append(None)
@@ -445,7 +446,7 @@ class _Transfer:
             [f"ch{c}" for c in range(tval.shape[1])]
         if ks.shape == tval.shape and [_norm_name(n) for n in s_names] == [_norm_name(n) for n in t_names]:
             return self._cast(ks, tval), self._entry(tkey, "loaded", skey)
-        loc = {}
+        loc: Dict[str, int] = {}
         for c, n in enumerate(s_names):
             loc.setdefault(_norm_name(n), c)
         slices = [ks[:, loc[_norm_name(n)]] if _norm_name(n) in loc else None for n in t_names]
