@@ -235,8 +235,8 @@ def test_a_checkpoint_is_checked_for_a_learned_pretext(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # learnability of the pure-function restoration pretexts without their trainers: Models Genesis, masked image
-# modelling and patch swapping. A 2-layer convolutional net (3x3, 32 features, LeakyReLU) with a residual connection whose last
-# convolution starts at zero, so that training starts from the identity, is trained with Adam (lr 3e-3) for
+# modelling and patch swapping. A 2-layer convolutional net (3x3, 32 features, LeakyReLU) with a residual connection
+# whose last convolution starts at zero, so that training starts from the identity, is trained with Adam (lr 3e-3) for
 # RESTORE_STEPS steps of batch 8 on the 2-channel images above; its restoration metric on 16 held-out images,
 # corrupted with a fixed seed, must fall below the pretext's trivial baseline. About 1 s each on one CPU core.
 
