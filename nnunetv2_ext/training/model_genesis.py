@@ -27,8 +27,10 @@ class nnUNetTrainerModelGenesis(PretextTrainerBase):
     HiLab-git/PyMIC_examples ``seg_self_sup/lung/config/luna_pretrain/unet3d_genesis.cfg``: Adam, lr 1e-3, weight
     decay 1e-5, the lr halved at a fixed iteration interval), the one of this package's Volume Fusion, so that the
     pretexts of the benchmark differ in their task only. Zhou et al.'s own code (MrGiovanni/ModelsGenesis
-    ``pytorch/config.py``) trains with SGD lr 1, momentum 0.9, for a U-Net with a sigmoid output on intensities in
-    [0, 1]; nnU-Net's networks have a linear output on z-scored images (the paper itself states no optimiser).
+    ``pytorch/config.py``) trains with SGD lr 1, momentum 0.9, a U-Net with a sigmoid output on intensities in
+    [0, 1]; on nnU-Net's linear-output network and z-scored images that only learned the constant mean (the tiny data
+    of ``tests/training/test_pretext_learning.py``, 150 steps: MSE 0.997 against 0.999 for each image's own mean;
+    this Adam: 0.88, and 0.68 after 400 steps).
 
     Validation: the restoration MSE against the stronger trivial baseline on the same validation batches (log line
     and ``pretext_metrics.json``): returning the corrupted input (the identity) or each image's own mean intensity (a
