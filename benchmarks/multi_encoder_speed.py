@@ -37,10 +37,10 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from timing import timed
 from torch import nn
 
 from nnunetv2_ext.planning.multi_encoder_plans import multi_encoder_architecture
-from timing import timed
 
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 # name, encoder width (None: the vanilla network), encoder_impl

@@ -13,16 +13,17 @@ import statistics
 import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from timing import timed
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig, volume_fusion
-from timing import timed
 
 
 def build(features, n_channels: int, n_classes: int) -> MultiEncoderUNet:
     n = len(features)
     net = MultiEncoderUNet(n_channels, n, features, torch.nn.Conv3d, 3, [1] + [2] * (n - 1), 2, n_classes, 2,
-                           conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                           conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+                           norm_op_kwargs={"eps": 1e-5, "affine": True},
                            nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
     net.apply(net.initialize)
     return net

@@ -8,8 +8,8 @@ import pytest
 
 from nnunetv2_ext import cli
 from nnunetv2_ext.discovery import SHIM_MODULE, trainer_path
-from tests.conftest import write_tiny_preprocessed
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS
+from tests.conftest import write_tiny_preprocessed
 
 FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
 

@@ -31,7 +31,8 @@ def test_default_then_few_shot_splits(raw_dataset, capsys):
     splits_file = Path(str(raw_dataset).replace("/raw/", "/pre/")) / "splits_final.json"
     assert cli.main(["splits", "default", "--dataset", "993"]) == 0
     default = json.loads(splits_file.read_text())
-    assert len(default) == 5 and sorted(default[0]["train"] + default[0]["val"]) == [f"SynBraTS_{i:03d}" for i in range(10)]
+    assert len(default) == 5
+    assert sorted(default[0]["train"] + default[0]["val"]) == [f"SynBraTS_{i:03d}" for i in range(10)]
     assert cli.main(["splits", "few-shot", "--dataset", "993", "--fractions", "0.25,0.5", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "fold 5: 25 % of fold 0's training cases (2), repeat 0" in out
@@ -67,7 +68,8 @@ def _fake_brats_2021(root: Path, n: int = 2) -> Path:
         case = root / f"BraTS2021_{k:05d}"
         case.mkdir(parents=True)
         for m in ("t1", "t1ce", "t2", "flair"):
-            sitk.WriteImage(sitk.GetImageFromArray(rng.random((16, 16, 16)).astype(np.float32)), str(case / f"{case.name}_{m}.nii.gz"))
+            sitk.WriteImage(sitk.GetImageFromArray(rng.random((16, 16, 16)).astype(np.float32)),
+                            str(case / f"{case.name}_{m}.nii.gz"))
         seg = np.zeros((16, 16, 16), np.uint8)
         seg[4:12, 4:12, 4:12], seg[6:10, 6:10, 6:10], seg[7:9, 7:9, 7:9] = 2, 1, 4
         sitk.WriteImage(sitk.GetImageFromArray(seg), str(case / f"{case.name}_seg.nii.gz"))

@@ -16,7 +16,7 @@ encoder (same distribution, other samples).
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,8 @@ ENCODER_IMPLS = ("separate", "grouped")
 CHANNEL_MIXING = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.GLU)
 # containers whose forward only runs their children in order, and where the children are
 _SEQUENTIAL_BLOCKS = {nn.Sequential: None, StackedConvBlocks: "convs", ConvDropoutNormReLU: "all_modules"}
+# the encoders, as a list or as the nn.ModuleList that holds them (not a typing.Sequence)
+Encoders = Union[Sequence[nn.Module], nn.ModuleList]
 
 
 def _layers(module: nn.Module) -> Iterator[nn.Module]:
@@ -40,7 +42,8 @@ def _layers(module: nn.Module) -> Iterator[nn.Module]:
     kind = type(module)
     if kind in _SEQUENTIAL_BLOCKS:
         attr = _SEQUENTIAL_BLOCKS[kind]
-        for child in (module if attr is None else getattr(module, attr)):
+        children: Iterable[nn.Module] = cast(nn.Sequential, module) if attr is None else getattr(module, attr)
+        for child in children:
             yield from _layers(child)
     else:
         yield module
@@ -66,7 +69,7 @@ def _layer_problem(layer: nn.Module) -> Optional[str]:
             f"activations)")
 
 
-def grouped_encoder_problem(encoders: Sequence[nn.Module], groups: Sequence[Sequence[int]]) -> Optional[str]:
+def grouped_encoder_problem(encoders: Encoders, groups: Sequence[Sequence[int]]) -> Optional[str]:
     """Why these encoders cannot run as one grouped stack (``None`` if they can)."""
     for i, enc in enumerate(encoders):
         if not isinstance(enc, PlainConvEncoder) or type(enc).forward is not PlainConvEncoder.forward:
@@ -79,7 +82,7 @@ def grouped_encoder_problem(encoders: Sequence[nn.Module], groups: Sequence[Sequ
     for i, enc in enumerate(encoders[1:], start=1):
         if repr(enc) != reference:
             return f"encoder {i} differs from encoder 0 in its layers or their settings"
-    for stage in encoders[0].stages:
+    for stage in cast(PlainConvEncoder, encoders[0]).stages:  # every encoder is one, checked above
         for layer in _layers(stage):
             problem = _layer_problem(layer)
             if problem is not None:
@@ -87,7 +90,7 @@ def grouped_encoder_problem(encoders: Sequence[nn.Module], groups: Sequence[Sequ
     return None
 
 
-def check_groupable(encoders: Sequence[nn.Module], groups: Sequence[Sequence[int]]) -> None:
+def check_groupable(encoders: Encoders, groups: Sequence[Sequence[int]]) -> None:
     """Raise ``ValueError`` unless ``grouped_forward_per_encoder`` can run these encoders.
 
     Raises:
@@ -102,20 +105,24 @@ def check_groupable(encoders: Sequence[nn.Module], groups: Sequence[Sequence[int
 def _grouped_layer(layers: Tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
     """Apply the N corresponding layers of the N encoders to the stacked tensor ``x`` (N * C channels)."""
     ref = layers[0]
+    weight: Optional[torch.Tensor]
     if isinstance(ref, _ConvNd):
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = torch.cat([layer.bias for layer in layers]) if ref.bias is not None else None
+        # the N layers have the type and settings of ref (grouped_encoder_problem compared the encoders' reprs)
+        convs = cast(Tuple[_ConvNd, ...], layers)
+        weight = torch.cat([layer.weight for layer in convs])
+        bias = torch.cat([cast(torch.Tensor, layer.bias) for layer in convs]) if ref.bias is not None else None
         conv = getattr(F, f"conv{len(ref.kernel_size)}d")
         return conv(x, weight, bias, ref.stride, ref.padding, ref.dilation, len(layers))
     if isinstance(ref, _InstanceNorm):
-        weight = torch.cat([layer.weight for layer in layers]) if ref.affine else None
-        bias = torch.cat([layer.bias for layer in layers]) if ref.affine else None
+        norms = cast(Tuple[_InstanceNorm, ...], layers)
+        weight = torch.cat([cast(torch.Tensor, layer.weight) for layer in norms]) if ref.affine else None
+        bias = torch.cat([cast(torch.Tensor, layer.bias) for layer in norms]) if ref.affine else None
         return F.instance_norm(x, None, None, weight, bias, True, ref.momentum or 0.0, ref.eps)
     # per-channel or element-wise and parameter-free: the first encoder's layer stands for all
     return ref(x)
 
 
-def grouped_forward_per_encoder(encoders: Sequence[nn.Module], groups: Sequence[Sequence[int]],
+def grouped_forward_per_encoder(encoders: Encoders, groups: Sequence[Sequence[int]],
                                 x: torch.Tensor) -> List[List[torch.Tensor]]:
     """The skips of every encoder, as ``[enc(x[:, group]) for enc, group in zip(encoders, groups)]``, computed by
     one grouped convolution per layer. Call ``check_groupable`` once before.

@@ -271,6 +271,7 @@ class SegResNetBackbone(_MonaiBackbone):
         kwargs = dict(spatial_dims=dims, init_filters=int(init_filters), in_channels=input_channels,
                       out_channels=num_classes, norm=_as_tuple(norm), act=_as_tuple(act), blocks_down=blocks_down,
                       blocks_up=blocks_up, **{k: _as_tuple(v) for k, v in segresnet_kwargs.items()})
+        net: nn.Module
         if dsdepth is None:
             from monai.networks.nets import SegResNet
 

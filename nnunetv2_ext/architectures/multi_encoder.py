@@ -13,7 +13,7 @@ The constructor takes the ``PlainConvUNet`` keyword arguments plus JSON-serialis
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Type, Union, cast
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class MultiEncoder(nn.Module):
         self.encoders = nn.ModuleList(encoders)
         self.fusions = nn.ModuleList(fusions)
         self.groups = [list(g) for g in groups]
-        ref = encoders[0]
+        ref: Any = encoders[0]  # a dynamic-network-architectures encoder (untyped attributes)
         # the attribute set UNetDecoder (and nnU-Net's planners) read from an encoder
         self.output_channels = list(features_per_stage)
         self.strides = ref.strides
@@ -188,10 +188,10 @@ class MultiEncoder(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         output = np.int64(0)
-        for enc in self.encoders:
+        for enc in cast(Sequence[Any], self.encoders):  # dynamic-network-architectures encoders
             output += enc.compute_conv_feature_map_size(input_size)
         size = list(input_size)
-        for stride, fusion in zip(self.strides, self.fusions):
+        for stride, fusion in zip(self.strides, cast(Sequence[FeatureFusion], self.fusions)):
             size = [s // st for s, st in zip(size, stride)]
             output += np.int64(fusion.compute_conv_feature_map_size(size))
         return output
@@ -229,9 +229,9 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
                  conv_op: Type[nn.Module],
                  kernel_sizes: IntOrSeq,
                  strides: IntOrSeq,
-                 n_conv_per_stage: IntOrSeq = None,
-                 num_classes: int = None,
-                 n_conv_per_stage_decoder: IntOrSeq = None,
+                 n_conv_per_stage: Optional[IntOrSeq] = None,
+                 num_classes: Optional[int] = None,
+                 n_conv_per_stage_decoder: Optional[IntOrSeq] = None,
                  conv_bias: bool = False,
                  norm_op: Optional[Type[nn.Module]] = None,
                  norm_op_kwargs: Optional[dict] = None,
@@ -246,7 +246,7 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
                  encoder: str = "plain",
                  encoder_width: float = 1.0,
                  modality_names: Optional[Sequence[str]] = None,
-                 n_blocks_per_stage: IntOrSeq = None,
+                 n_blocks_per_stage: Optional[IntOrSeq] = None,
                  encoder_impl: str = "separate"):
         super().__init__()
         if n_conv_per_stage is None:
@@ -268,8 +268,9 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
             return [v] * n if isinstance(v, int) else list(v)
 
         features_per_stage = per_stage(features_per_stage, n_stages)
-        n_conv_per_stage = per_stage(n_conv_per_stage, n_stages)
-        n_conv_per_stage_decoder = per_stage(n_conv_per_stage_decoder, n_stages - 1)
+        # not None: checked above
+        n_conv_per_stage = per_stage(cast(IntOrSeq, n_conv_per_stage), n_stages)
+        n_conv_per_stage_decoder = per_stage(cast(IntOrSeq, n_conv_per_stage_decoder), n_stages - 1)
         if len(features_per_stage) != n_stages or len(n_conv_per_stage) != n_stages \
                 or len(n_conv_per_stage_decoder) != n_stages - 1:
             raise ValueError(f"features_per_stage and n_conv_per_stage need {n_stages} entries and "
@@ -307,7 +308,7 @@ class MultiEncoderUNet(AbstractDynamicNetworkArchitectures):
         """One line for logs: encoders (by modality), fusion, widths and parameter count."""
         names = self.modality_names or [str(c) for c in range(sum(len(g) for g in self.encoder_groups))]
         encoders = ", ".join("+".join(names[c] for c in g) for g in self.encoder_groups)
-        widths = self.encoder.encoders[0].output_channels
+        widths = cast(List[int], self.encoder.encoders[0].output_channels)
         n_params = sum(p.numel() for p in self.parameters())
         return (f"{len(self.encoder_groups)} {self.encoder_type} encoders [{encoders}] of widths {list(widths)}, "
                 f"{self.fusion} fusion to {list(self.encoder.output_channels)}, {n_params / 1e6:.2f}M parameters")

@@ -42,7 +42,7 @@ stays light.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -56,11 +56,11 @@ def _triple(value: IntOrSeq, name: str) -> Triple:
     values = [value] * 3 if isinstance(value, int) else list(value)
     if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
         raise ValueError(f"{name} must be a positive int or 3 positive ints (PCT-Net is 3D-only), got {value!r}")
-    return tuple(int(v) for v in values)
+    return cast(Triple, tuple(int(v) for v in values))  # 3 values, checked above
 
 
 def _padding(kernel: Triple) -> Triple:
-    return tuple(k // 2 for k in kernel)
+    return cast(Triple, tuple(k // 2 for k in kernel))
 
 
 def in_plane_kernel(next_stride: Triple) -> Triple:
@@ -69,7 +69,7 @@ def in_plane_kernel(next_stride: Triple) -> Triple:
     ``(1, 2, 2) -> (1, 3, 3)`` (the paper's 2D block before a 2D downsampling); ``(2, 2, 2) -> (3, 3, 3)``.
     """
     top = max(next_stride)
-    return tuple(3 if s == top else 1 for s in next_stride)
+    return cast(Triple, tuple(3 if s == top else 1 for s in next_stride))
 
 
 def pre_activation_conv(in_channels: int, out_channels: int, kernel: Triple) -> nn.Sequential:
@@ -125,7 +125,8 @@ class PCTBlock(nn.Module):
 
         self.conv = ConvBlock(channels, (3, 3, 3), dropout)
         self.attention = BasicLayer(dim=channels, depth=swin_depth, num_heads=num_heads, window_size=window_size,
-                                    drop_path=swin_dropout, mlp_ratio=mlp_ratio, qkv_bias=True, drop=swin_dropout,
+                                    drop_path=swin_dropout,  # type: ignore[arg-type]  # MONAI: list, or a float
+                                    mlp_ratio=mlp_ratio, qkv_bias=True, drop=swin_dropout,
                                     attn_drop=swin_dropout, norm_layer=nn.LayerNorm, downsample=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

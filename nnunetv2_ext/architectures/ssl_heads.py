@@ -8,7 +8,7 @@ image (``PlainConvUNet``, ``ResidualEncoderUNet``, ``MultiEncoderUNet``); the wr
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import Any, NamedTuple, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +77,8 @@ class SSLWrapper(nn.Module):
         if missing:
             raise ValueError(f"SSL heads need a U-Net with an `encoder` returning its skips and a `decoder(skips)` "
                              f"(dynamic-network-architectures style); {type(network).__name__} has no {missing}")
-        self.encoder = network.encoder
-        self.decoder = network.decoder
+        self.encoder = cast(nn.Module, network.encoder)  # both modules, checked above
+        self.decoder = cast(nn.Module, network.decoder)
         self.ssl_heads = heads
         self.backbone_class = type(network).__name__
         for name in self.TRANSFER_ATTRIBUTES:
@@ -95,7 +95,7 @@ def with_ssl_heads(network: nn.Module, grid: int = 2, n_rotations: int = N_ROTAT
                    projection_dim: int = PROJECTION_DIM) -> SSLWrapper:
     """``network`` (a U-Net, see :class:`SSLWrapper`) with :class:`SSLHeads` on its bottleneck, sized from the
     encoder's interface (``output_channels``, ``conv_op``)."""
-    encoder = getattr(network, "encoder", None)
+    encoder: Any = getattr(network, "encoder", None)
     if not hasattr(encoder, "output_channels") or not hasattr(encoder, "conv_op"):
         raise ValueError(f"SSL heads are sized from the encoder's `output_channels` and `conv_op` "
                          f"(dynamic-network-architectures encoders); {type(network).__name__}'s encoder has "

@@ -11,7 +11,7 @@ No torch import: the planning code reads these rules without building a network.
 """
 from __future__ import annotations
 
-from typing import ClassVar, List, Optional, Sequence, Tuple, Union
+from typing import ClassVar, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class PlansStrides:
             if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and v >= 1 and
                                            (cls.stride_values is None or v in cls.stride_values) for v in values):
                 raise ValueError(f"strides[{i}] must be 3 {allowed} ({cls.network_name} is 3D-only), got {s!r}")
-            triples.append(tuple(int(v) for v in values))
+            triples.append(cast(Triple, tuple(int(v) for v in values)))  # 3 values, checked above
         if triples[0] != (1, 1, 1):
             raise ValueError(f"strides[0] must be [1, 1, 1] (level 0 is the full-resolution level), got {strides[0]}")
         return triples
@@ -62,7 +62,7 @@ class PlansStrides:
     def strides_total(cls, strides: Sequence[IntOrSeq]) -> Triple:
         """Downsampling factor of the lowest level per axis for ``strides`` (checked); input sizes must be divisible
         by it."""
-        return tuple(int(v) for v in np.prod(np.array(cls.validate_strides(strides)), axis=0))
+        return cast(Triple, tuple(int(v) for v in np.prod(np.array(cls.validate_strides(strides)), axis=0)))
 
     def total_stride(self) -> Triple:
         """Downsampling factor of this network's lowest level per axis."""
@@ -86,7 +86,7 @@ class PlansStrides:
         if any(int(s) < 1 or int(s) % t for s, t in zip(size, total)):
             raise ValueError(f"patch size must be divisible {self._divisibility(total)} (the product of the "
                              f"strides), got {size}")
-        return tuple(int(s) for s in size)
+        return cast(Triple, tuple(int(s) for s in size))  # 3 values, checked above
 
     @classmethod
     def valid_patch_size(cls, patch: Sequence[int], strides: Optional[Sequence[IntOrSeq]] = None,

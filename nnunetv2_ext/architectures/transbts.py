@@ -38,7 +38,7 @@ than the paper's encoder blocks, and the Transformer bottleneck does not fit its
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -249,7 +249,7 @@ class TransBTS(PlansStrides, nn.Module):
 
         self.features_per_stage = features
         self.num_classes = num_classes
-        bottleneck_size = tuple(p // t for p, t in zip(self.patch_size, self.total_stride()))
+        bottleneck_size = cast(Triple, tuple(p // t for p, t in zip(self.patch_size, self.total_stride())))
         self.encoder = TransBTSEncoder(input_channels, features, self.strides, self.blocks_per_stage, stem_dropout,
                                        self.norm_groups)
         self.bottleneck = TransformerBottleneck(features[-1], bottleneck_size, embedding_dim, num_layers, num_heads,

@@ -3,9 +3,9 @@
 The paper pretrains on UK Biobank T1 and T2-FLAIR volumes (section 3.2 and 4.3: "self-supervised learning using a
 large, unlabeled dataset of images from the UKB dataset") before fine-tuning on BraTS. nnU-Net's
 ``nnUNetv2_plan_and_preprocess`` only accepts a raw dataset with ``imagesTr``, ``labelsTr`` and a
-``dataset.json``, so this module copies the scans into that layout and writes foreground-mask label maps with the geometry
-of the first modality. Every case is checked (all modalities present and readable, 3D, same grid, finite voxels);
-bad cases are skipped with their reason or stop the import, and the report is saved beside the data.
+``dataset.json``, so this module copies the scans into that layout and writes foreground-mask label maps with the
+geometry of the first modality. Every case is checked (all modalities present and readable, 3D, same grid, finite
+voxels); bad cases are skipped with their reason or stop the import, and the report is saved beside the data.
 
 The input folder is only ever read. The dataset is written into a hidden sibling folder
 ``raw_root/.Dataset{id:03d}_{name}.partial-XXXXXXXX`` and renamed into place when complete
@@ -386,10 +386,11 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
     """Turn a folder of unlabeled scans into an nnU-Net v2 raw dataset for self-supervised pretraining.
 
     Writes ``raw_root/Dataset{dataset_id:03d}_{name}`` with ``imagesTr/{case}_{i:04d}.nii.gz`` (channel ``i``
-    follows ``modalities``), ``labelsTr/{case}.nii.gz`` (uint8 foreground mask, voxels above the first modality's minimum, on its
-    grid: nnU-Net's ``plan_and_preprocess`` requires label maps, and its fingerprint needs foreground voxels), ``dataset.json`` (written by nnU-Net's ``generate_dataset_json``,
-    labels ``{'background': 0, 'foreground': 1}``) and ``import_report.json`` (:class:`ImportReport`). The paper
-    pretrains on UK Biobank T1 and T2-FLAIR (sections 3.2 and 4.3).
+    follows ``modalities``), ``labelsTr/{case}.nii.gz`` (uint8 foreground mask, voxels above the first modality's
+    minimum, on its grid: nnU-Net's ``plan_and_preprocess`` requires label maps, and its fingerprint needs foreground
+    voxels), ``dataset.json`` (written by nnU-Net's ``generate_dataset_json``, labels ``{'background': 0,
+    'foreground': 1}``) and ``import_report.json`` (:class:`ImportReport`). The paper pretrains on UK Biobank T1 and
+    T2-FLAIR (sections 3.2 and 4.3).
 
     Each case is checked: every modality present, readable by SimpleITK, 3D and scalar, the same grid as the first
     modality (size; spacing within relative ``SPACING_RTOL``; origin within ``ORIGIN_ATOL_VOXELS`` voxels; direction
@@ -505,7 +506,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
             str(staging), channel_names={i: m for i, m in enumerate(modalities)}, labels=dict(LABELS),
             num_training_cases=len(report.written), file_ending=".nii.gz", dataset_name=target.name,
             description=f"Unlabeled {'+'.join(modalities)} scans imported from {images_dir} for self-supervised "
-                        "pretraining. The label maps in labelsTr are foreground masks (voxels above each scan's minimum), "
+                        "pretraining. The label maps in labelsTr are foreground masks (voxels above each scan's "
+                        "minimum), "
                         "not annotations: nnU-Net's planning needs foreground voxels. Not for supervised training.",
             license="as the source images", converted_by="nnunetv2_ext.data.unlabeled")
         (staging / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=4))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from typing import Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Sequence, Union
 
 import numpy as np
 import torch

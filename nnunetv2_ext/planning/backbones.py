@@ -44,7 +44,7 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, cast
 
 MONAI_MODULE = "nnunetv2_ext.architectures.monai_backbones"
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -68,6 +68,31 @@ PatchRequest = Callable[[dict, List[int]], dict]
 # (network class, arch kwargs to complete, requested or None, the source's arch kwargs if it is the same network,
 #  spatial dims) -> notes
 DeepSupervisionRule = Callable[[type, dict, Optional[bool], Optional[dict], int], List[str]]
+
+
+# What the builders read from a network class without building it (``BackboneSpec.network_class`` imports it by
+# dotted path, so its static type is only ``type``): the class methods of the MONAI wrappers and of
+# :class:`nnunetv2_ext.architectures.strides.PlansStrides`.
+class PatchRules(Protocol):
+    """A network class's patch rule: ``valid_patch_size`` rounds a patch up to what it accepts."""
+
+    def valid_patch_size(self, patch: Sequence[int], **arch_kwargs: Any) -> List[int]: ...
+
+    def patch_rule(self, **arch_kwargs: Any) -> str: ...
+
+
+class FixedLevels(PatchRules, Protocol):
+    """A network class with a fixed number of resolution levels (``PlansStrides``: PCT-Net, TransBTS)."""
+
+    n_levels: int
+
+
+class DeepSupervisionRules(Protocol):
+    """A network class whose deep supervision the plans switch (``SegResNetBackbone``)."""
+
+    def has_deep_supervision(self, dsdepth: Optional[int] = None, **arch_kwargs: Any) -> bool: ...
+
+    def network_strides(self, spatial_dims: int, blocks_down: Sequence[int]) -> List[List[int]]: ...
 
 
 def same_topology(config: dict, patch: List[int]) -> dict:
@@ -140,11 +165,12 @@ def _check_json(name: str, kwargs: dict) -> None:
 
 def _network_architecture(name: str, spec: BackboneSpec, cls: type, config: dict, kwargs: dict) -> List[str]:
     """The patch rounded by the network's rule, and the architecture with ``kwargs`` written; returns notes."""
+    rules = cast(PatchRules, cls)
     patch = [int(p) for p in config["patch_size"]]
-    new_patch = cls.valid_patch_size(patch, **kwargs)
+    new_patch = rules.valid_patch_size(patch, **kwargs)
     notes = []
     if new_patch != patch:
-        notes.append(f"patch {patch} -> {new_patch} for {spec.suffix} ({cls.patch_rule(**kwargs)})")
+        notes.append(f"patch {patch} -> {new_patch} for {spec.suffix} ({rules.patch_rule(**kwargs)})")
     if spec.patch_kwarg is not None:
         kwargs[spec.patch_kwarg] = new_patch
     _check_json(name, kwargs)
@@ -196,9 +222,10 @@ def segresnet_deep_supervision(cls: type, kwargs: dict, requested: Optional[bool
     levels = len(kwargs.get("blocks_down", SEGRESNET_DEFAULT_BLOCKS_DOWN))
     kwargs.pop("dsdepth", None)
     kwargs.pop("strides", None)
-    if requested and cls.has_deep_supervision(dsdepth=levels - 1):
+    rules = cast(DeepSupervisionRules, cls)
+    if requested and rules.has_deep_supervision(dsdepth=levels - 1):
         kwargs["dsdepth"] = levels - 1
-        kwargs["strides"] = cls.network_strides(dims, [1] * levels)
+        kwargs["strides"] = rules.network_strides(dims, [1] * levels)
     elif requested:
         return [f"SegResNet with {levels} levels has one output: no deep supervision"]
     return []
@@ -211,7 +238,7 @@ def plans_strides_architecture(name: str, spec: BackboneSpec, config: dict, opti
     multiple of their product)."""
     cls = spec.network_class()
     kwargs, same = _start_kwargs(spec, config)
-    n = cls.n_levels
+    n = cast(FixedLevels, cls).n_levels
     if same:
         strides = kwargs["strides"]
     else:

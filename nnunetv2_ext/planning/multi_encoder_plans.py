@@ -8,7 +8,7 @@ edited in place: callers' dicts stay as they were.
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union, cast
 
 from nnunetv2_ext.architectures.fusion import FUSION_MODES
 from nnunetv2_ext.architectures.multi_encoder import ENCODER_TYPES, validate_encoder_groups
@@ -115,7 +115,7 @@ def derive_multi_encoder_plans(plans: dict, dataset_json: dict, plans_name: Opti
         preset: optional preset (see ``apply_preset``), applied after the architecture swap.
         **options: ``encoder``, ``fusion``, ``encoder_groups``, ``encoder_width`` for every configuration.
     """
-    names = channel_names(dataset_json)
+    names = cast(List[str], channel_names(dataset_json))  # required=True: raises instead of returning None
     new = copy.deepcopy(plans)
     new["plans_name"] = plans_name or plans["plans_name"] + DEFAULT_PLANS_SUFFIX
     options = {**(preset or {}).get("multi_encoder", {}), **{k: v for k, v in options.items() if v is not None}}

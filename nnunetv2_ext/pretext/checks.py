@@ -24,7 +24,7 @@ def int_triple(owner: str, name: str, value) -> Tuple[int, int, int]:
         raise ValueError(f"{owner}.{name} must be a sequence of 3 positive ints, got {value!r}")
     if not all(v > 0 for v in t):
         raise ValueError(f"{owner}.{name} must be > 0 on every axis, got {t}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def check_images(x, what: str) -> None:

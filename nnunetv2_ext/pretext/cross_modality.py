@@ -14,7 +14,7 @@ Pure tensor functions, no file I/O.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple, cast
 
 import torch
 
@@ -158,5 +158,6 @@ def ssim3d(pred: torch.Tensor, target: torch.Tensor, data_range: Optional[float]
         # a constant target (range 0) has no contrast to compare: any positive range gives the same SSIM scale
         r = float(ranges[i]) if float(ranges[i]) > 0 else 1.0
         metric = SSIMMetric(spatial_dims=pred.dim() - 2, data_range=r, win_size=win_size, kernel_sigma=kernel_sigma)
-        out.append(metric(pred[i:i + 1].float(), target[i:i + 1].float()).reshape(()))
+        # a tensor for tensor inputs (MONAI's return type also covers sequences of them)
+        out.append(cast(torch.Tensor, metric(pred[i:i + 1].float(), target[i:i + 1].float())).reshape(()))
     return torch.stack(out)

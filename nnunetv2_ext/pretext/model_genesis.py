@@ -163,10 +163,10 @@ def bezier_curves(n: int, generator: Optional[torch.Generator] = None, device: t
 
     Each is the cubic Bezier curve ``B(t) = (1-t)^3 P0 + 3 (1-t)^2 t P1 + 3 (1-t) t^2 P2 + t^3 P3`` with
     ``P0 = (0, 0)``, ``P3 = (1, 1)`` and ``P1, P2`` uniform in [0, 1]^2, sampled at ``samples`` values of t; both
-    coordinates are sorted (the curve is increasing), and with probability 1/2 the y values are reversed (a decreasing curve: the authors'
-    "flip"). Returns ``(xs, ys)``, float32 (n, samples): knots with ``xs`` increasing from 0 to 1 and ``ys`` monotone,
-    from 0 to 1 or from 1 to 0. Control points for ``P1, P2`` in [0, 1]^2 make x(t) monotone in t, so sorting keeps
-    the curve a function.
+    coordinates are sorted (the curve is increasing), and with probability 1/2 the y values are reversed (a
+    decreasing curve: the authors' "flip"). Returns ``(xs, ys)``, float32 (n, samples): knots with ``xs`` increasing
+    from 0 to 1 and ``ys`` monotone, from 0 to 1 or from 1 to 0. Control points for ``P1, P2`` in [0, 1]^2 make x(t)
+    monotone in t, so sorting keeps the curve a function.
     """
     if not is_int(n) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")

@@ -29,13 +29,12 @@ chunks, box corners and rotation classes only), no file I/O.
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
 
 from nnunetv2_ext.pretext.checks import check_images
-
 
 __all__ = [
     "N_ROTATIONS",
@@ -301,7 +300,7 @@ def swin_proxy_losses(reconstruction: torch.Tensor, rotation_logits: torch.Tenso
         "rotation": F.cross_entropy(rotation_logits.float(), rotation),
         "contrastive": nt_xent(projection[:n], projection[n:], temperature),
     }
-    total = sum(w[k] * v for k, v in parts.items())
+    total = cast(torch.Tensor, sum(w[k] * v for k, v in parts.items()))  # a tensor: parts is not empty
     return total, parts
 
 

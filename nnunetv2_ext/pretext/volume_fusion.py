@@ -67,7 +67,8 @@ class VolumeFusionConfig:
 
     def __post_init__(self) -> None:
         if not is_int(self.k) or self.k < 1:
-            raise ValueError(f"VolumeFusionConfig.k must be an int >= 1 (number of non-zero fusion levels), got {self.k!r}")
+            raise ValueError(f"VolumeFusionConfig.k must be an int >= 1 (number of non-zero fusion levels), "
+                             f"got {self.k!r}")
         if not (is_int(self.min_boxes) and is_int(self.max_boxes)) or not (1 <= self.min_boxes <= self.max_boxes):
             raise ValueError(
                 "VolumeFusionConfig needs ints with 1 <= min_boxes <= max_boxes, "
@@ -214,7 +215,8 @@ def boxes_to_label(
     view_lev = (b,) + (1,) * nd
     for j in range(m):
         if nd == 3:
-            mask = intervals[0][:, j, :, None, None] & intervals[1][:, j, None, :, None] & intervals[2][:, j, None, None, :]
+            mask = (intervals[0][:, j, :, None, None] & intervals[1][:, j, None, :, None]
+                    & intervals[2][:, j, None, None, :])
         else:
             mask = intervals[0][:, j, :, None] & intervals[1][:, j, None, :]
         label = torch.where(mask, lev[:, j].view(view_lev), label)
@@ -244,14 +246,16 @@ def volume_fusion(
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() not in (4, 5):
         raise ValueError(
-            f"Volume Fusion needs images (B, C, *spatial) with 2 or 3 spatial dimensions, got shape {tuple(images.shape)}"
+            f"Volume Fusion needs images (B, C, *spatial) with 2 or 3 spatial dimensions, got shape "
+            f"{tuple(images.shape)}"
         )
     if not images.is_floating_point():
         raise TypeError(f"Volume Fusion needs floating-point images (eq. (1) blends intensities), got {images.dtype}")
     b = images.shape[0]
     if b < 2:
         raise ValueError(
-            f"Volume Fusion needs a batch of at least 2 samples (foreground and background from two different scans), got B={b}"
+            f"Volume Fusion needs a batch of at least 2 samples (foreground and background from two different "
+            f"scans), got B={b}"
         )
     spatial = tuple(images.shape[2:])
     lower, upper, levels, active = sample_boxes(b, spatial, cfg, generator, images.device)
@@ -355,7 +359,8 @@ def save_volume_fusion_figure(
     import matplotlib.pyplot as plt
 
     if images.dim() not in (4, 5) or fused.shape != images.shape:
-        raise ValueError(f"images and fused must both be (B, C, *spatial), got {tuple(images.shape)} and {tuple(fused.shape)}")
+        raise ValueError(f"images and fused must both be (B, C, *spatial), got {tuple(images.shape)} and "
+                         f"{tuple(fused.shape)}")
     b = images.shape[0]
     if not 0 <= sample < b:
         raise ValueError(f"sample must be in [0, {b}), got {sample}")

@@ -126,6 +126,13 @@ METHODS: Dict[str, Method] = {
                      pretext="nnUNetTrainerProxyVolumeFusion"),
     "ssl_swin": Method("Multi-encoder + Swin proxies SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
                        pretext="nnUNetTrainerProxySwinProxies"),
+    # the restoration baselines of MIS-FM (Wang et al. 2023, Table 2), two-stage as ssl_vf (T1 + FLAIR suffice)
+    "ssl_mg": Method("Multi-encoder + Models Genesis SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
+                     pretext="nnUNetTrainerProxyModelGenesis"),
+    "ssl_mim": Method("Multi-encoder + masked image modelling SSL", "nnUNetTrainerProxyMultiEncoderSSL",
+                      multi_encoder=True, pretext="nnUNetTrainerProxyMaskedImage"),
+    "ssl_ps": Method("Multi-encoder + patch swapping SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
+                     pretext="nnUNetTrainerProxyPatchSwapping"),
     # T1 + T1Gd -> FLAIR needs T1Gd, which the healthy T1 + FLAIR cohort lacks: stage 2 (the target pool) only
     "ssl_cm": Method("Multi-encoder + cross-modality SSL", "nnUNetTrainerProxyMultiEncoderSSL", multi_encoder=True,
                      pretext="nnUNetTrainerProxyCrossModality", two_stage=False),
@@ -137,8 +144,9 @@ METHODS: Dict[str, Method] = {
     "ssl_vf_sgd": Method("Multi-encoder + Volume Fusion SSL pretrained with SGD", "nnUNetTrainerProxyMultiEncoderSSL",
                          multi_encoder=True, pretext="nnUNetTrainerProxyVolumeFusionSGD"),
 }
-COMPARISONS = (("ssl_vf", "scratch"), ("ssl_swin", "scratch"), ("ssl_cm", "scratch"), ("scratch", "vanilla"),
-               ("ssl_vf", "vanilla"), ("ssl_vf", "ssl_vf_full"), ("ssl_vf", "ssl_vf_sgd"))
+COMPARISONS = (("ssl_vf", "scratch"), ("ssl_swin", "scratch"), ("ssl_cm", "scratch"), ("ssl_mg", "scratch"),
+               ("ssl_mim", "scratch"), ("ssl_ps", "scratch"), ("scratch", "vanilla"), ("ssl_vf", "vanilla"),
+               ("ssl_vf", "ssl_vf_full"), ("ssl_vf", "ssl_vf_sgd"))
 
 
 def plans_names(scale: Scale) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from nnunetv2_ext.training.pretext_metrics import PRETEXT_METRICS_FILE
+
 CURVE_KEYS = ("train_losses", "val_losses", "mean_fg_dice")
 
 

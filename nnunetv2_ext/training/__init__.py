@@ -17,6 +17,9 @@ TRAINER_MODULES = (
     "nnunetv2_ext.training.volume_fusion",
     "nnunetv2_ext.training.swin_proxies",
     "nnunetv2_ext.training.cross_modality",
+    "nnunetv2_ext.training.model_genesis",
+    "nnunetv2_ext.training.masked_image",
+    "nnunetv2_ext.training.patch_swapping",
     "nnunetv2_ext.training.backbones",
     "nnunetv2_ext.training.proxy",
 )

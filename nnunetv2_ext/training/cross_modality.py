@@ -10,8 +10,14 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunetv2_ext.dataset_json import channel_names
-from nnunetv2_ext.pretext.cross_modality import (SSIM_WIN_SIZE, mean_intensity_psnr, psnr, resolve_channels,
-                                                 split_modalities, ssim3d)
+from nnunetv2_ext.pretext.cross_modality import (
+    SSIM_WIN_SIZE,
+    mean_intensity_psnr,
+    psnr,
+    resolve_channels,
+    split_modalities,
+    ssim3d,
+)
 from nnunetv2_ext.training.base import DebugScheduleMixin
 from nnunetv2_ext.training.pretext_base import PretextTrainerBase
 from nnunetv2_ext.training.pretext_metrics import pretext_metric

@@ -15,7 +15,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.training.base import ExtTrainerBase
 from nnunetv2_ext.training.cross_modality import nnUNetTrainerCrossModality
+from nnunetv2_ext.training.masked_image import nnUNetTrainerMaskedImage
+from nnunetv2_ext.training.model_genesis import nnUNetTrainerModelGenesis
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoderSSL
+from nnunetv2_ext.training.patch_swapping import nnUNetTrainerPatchSwapping
 from nnunetv2_ext.training.swin_proxies import nnUNetTrainerSwinProxies
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
 from nnunetv2_ext.training.volume_fusion import nnUNetTrainerVolumeFusion
@@ -30,7 +33,12 @@ __all__ = ["nnUNetTrainerProxyVanilla_cpu", "nnUNetTrainerProxyVanilla_gpu", "nn
            "nnUNetTrainerProxyMultiEncoderSSLFullTransfer_cpu2d", "nnUNetTrainerProxyVolumeFusionSGD_cpu2d",
            "nnUNetTrainerProxySwinProxies_cpu2d", "nnUNetTrainerProxyCrossModality_cpu2d",
            "nnUNetTrainerProxyMultiEncoder_smoke", "nnUNetTrainerProxyMultiEncoderSSL_smoke",
-           "nnUNetTrainerProxyVolumeFusion_smoke"]
+           "nnUNetTrainerProxyVolumeFusion_smoke", "nnUNetTrainerProxyModelGenesis_cpu",
+           "nnUNetTrainerProxyModelGenesis_gpu", "nnUNetTrainerProxyModelGenesis_cpu2d",
+           "nnUNetTrainerProxyModelGenesis_smoke", "nnUNetTrainerProxyMaskedImage_cpu",
+           "nnUNetTrainerProxyMaskedImage_gpu", "nnUNetTrainerProxyMaskedImage_cpu2d", "nnUNetTrainerProxyMaskedImage_smoke",
+           "nnUNetTrainerProxyPatchSwapping_cpu", "nnUNetTrainerProxyPatchSwapping_gpu",
+           "nnUNetTrainerProxyPatchSwapping_cpu2d", "nnUNetTrainerProxyPatchSwapping_smoke"]
 
 
 class NoTestTimeMirroringMixin(nnUNetTrainer):
@@ -209,3 +217,54 @@ class nnUNetTrainerProxyMultiEncoderSSL_smoke(_SmokeSchedule, nnUNetTrainerMulti
 
 class nnUNetTrainerProxyVolumeFusion_smoke(_SmokeSchedule, nnUNetTrainerVolumeFusion):
     """Volume Fusion pretraining stage, the tests' toy schedule."""
+
+
+# the restoration pretexts (methods ssl_mg, ssl_mim, ssl_ps): the pretraining stages of Volume Fusion's scales
+
+
+class nnUNetTrainerProxyModelGenesis_cpu(_CPUPretrain, nnUNetTrainerModelGenesis):
+    """Models Genesis restoration pretraining stage (Zhou et al. 2021), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyModelGenesis_gpu(_GPUPretrain, nnUNetTrainerModelGenesis):
+    """Models Genesis restoration pretraining stage, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxyModelGenesis_cpu2d(_CPU2DPretrain, nnUNetTrainerModelGenesis):
+    """Models Genesis restoration pretraining stage, proxy CPU 2d schedule."""
+
+
+class nnUNetTrainerProxyModelGenesis_smoke(_SmokeSchedule, nnUNetTrainerModelGenesis):
+    """Models Genesis restoration pretraining stage, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyMaskedImage_cpu(_CPUPretrain, nnUNetTrainerMaskedImage):
+    """Masked image modelling pretraining stage (Chen et al. 2023, SimMIM), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyMaskedImage_gpu(_GPUPretrain, nnUNetTrainerMaskedImage):
+    """Masked image modelling pretraining stage, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxyMaskedImage_cpu2d(_CPU2DPretrain, nnUNetTrainerMaskedImage):
+    """Masked image modelling pretraining stage, proxy CPU 2d schedule."""
+
+
+class nnUNetTrainerProxyMaskedImage_smoke(_SmokeSchedule, nnUNetTrainerMaskedImage):
+    """Masked image modelling pretraining stage, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyPatchSwapping_cpu(_CPUPretrain, nnUNetTrainerPatchSwapping):
+    """Patch-swapping context restoration pretraining stage (Chen et al. 2019), proxy CPU schedule."""
+
+
+class nnUNetTrainerProxyPatchSwapping_gpu(_GPUPretrain, nnUNetTrainerPatchSwapping):
+    """Patch-swapping context restoration pretraining stage, proxy GPU schedule."""
+
+
+class nnUNetTrainerProxyPatchSwapping_cpu2d(_CPU2DPretrain, nnUNetTrainerPatchSwapping):
+    """Patch-swapping context restoration pretraining stage, proxy CPU 2d schedule."""
+
+
+class nnUNetTrainerProxyPatchSwapping_smoke(_SmokeSchedule, nnUNetTrainerPatchSwapping):
+    """Patch-swapping context restoration pretraining stage, the tests' toy schedule."""

@@ -17,9 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_ext.pretext.volume_fusion import (VolumeFusionConfig, class_counts, constant_predictor_dice,
-                                                dice_per_level, fusion_level_confusion, mean_level_dice,
-                                                save_volume_fusion_figure, volume_fusion)
+from nnunetv2_ext.pretext.volume_fusion import (
+    VolumeFusionConfig,
+    class_counts,
+    constant_predictor_dice,
+    dice_per_level,
+    fusion_level_confusion,
+    mean_level_dice,
+    save_volume_fusion_figure,
+    volume_fusion,
+)
 from nnunetv2_ext.training.base import DebugScheduleMixin
 from nnunetv2_ext.training.lr_schedules import StepLRScheduler
 from nnunetv2_ext.training.pretext_base import PretextTrainerBase

@@ -5,8 +5,13 @@ checkpoint formats and the other ecosystems' readers), ``axes`` (spatial axis or
 projections for other input channels), ``transfer`` (the transfer function), ``report`` (its report),
 ``inspect_cli`` (``nnunetv2_ext weights inspect``).
 """
-from nnunetv2_ext.transfer.checkpoint import (NNUNET_SAFE_GLOBALS, ExternalWeights, SourceWeights, read_checkpoint,
-                                              strip_prefixes)
+from nnunetv2_ext.transfer.checkpoint import (
+                                              NNUNET_SAFE_GLOBALS,
+                                              ExternalWeights,
+                                              SourceWeights,
+                                              read_checkpoint,
+                                              strip_prefixes,
+)
 from nnunetv2_ext.transfer.formats import CHECKPOINT_FORMATS, FORMATS, detect_format, read_weights
 from nnunetv2_ext.transfer.input_kernel import NEW_MODALITY_INITS
 from nnunetv2_ext.transfer.report import ACTIONS, TransferEntry, TransferReport, with_source_notes

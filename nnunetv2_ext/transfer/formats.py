@@ -55,10 +55,23 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 
 from nnunetv2_ext.transfer.axes import apply_axis_order
-from nnunetv2_ext.transfer.checkpoint import (NNSSL_PLAN_KEY, STATE_CONTAINERS, ExternalWeights, ReadOptions,
-                                              SourceWeights, detect_nnunet, detect_state_dict, find_state,
-                                              is_state_dict, load_object, read_nnunet, read_state_dict,
-                                              resolve_modality_names, strip_prefixes, unwrap_state)
+from nnunetv2_ext.transfer.checkpoint import (
+    NNSSL_PLAN_KEY,
+    STATE_CONTAINERS,
+    ExternalWeights,
+    ReadOptions,
+    SourceWeights,
+    detect_nnunet,
+    detect_state_dict,
+    find_state,
+    is_state_dict,
+    load_object,
+    read_nnunet,
+    read_state_dict,
+    resolve_modality_names,
+    strip_prefixes,
+    unwrap_state,
+)
 from nnunetv2_ext.transfer.transfer import canonical_keys
 
 # where this package's SwinUNETRBackbone keeps MONAI's SwinUNETR (architectures/monai_backbones.py: self.net, so its

@@ -23,8 +23,13 @@ import torch
 from torch import nn
 
 from nnunetv2_ext.transfer.checkpoint import SourceWeights, strip_prefixes
-from nnunetv2_ext.transfer.input_kernel import (NEW_MODALITY_INITS, adapt_input_kernel, mean_input_kernel,
-                                                new_channel_note, same_beyond_input_channels)
+from nnunetv2_ext.transfer.input_kernel import (
+    NEW_MODALITY_INITS,
+    adapt_input_kernel,
+    mean_input_kernel,
+    new_channel_note,
+    same_beyond_input_channels,
+)
 from nnunetv2_ext.transfer.report import TransferEntry, TransferReport, format_shape
 
 # what a transfer copies: "all" (encoders and decoder; the segmentation heads never) or "encoder" (encoders only, the

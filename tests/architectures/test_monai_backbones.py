@@ -8,8 +8,12 @@ import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunetv2_ext.architectures.monai_backbones import (DeepSupervisionSwitch, SegResNetBackbone, SwinUNETRBackbone,
-                                                        UNETRBackbone)
+from nnunetv2_ext.architectures.monai_backbones import (
+    DeepSupervisionSwitch,
+    SegResNetBackbone,
+    SwinUNETRBackbone,
+    UNETRBackbone,
+)
 from nnunetv2_ext.planning.backbones import derive_backbone_plans
 from nnunetv2_ext.training.backbones import supports_deep_supervision
 

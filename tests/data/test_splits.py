@@ -4,8 +4,14 @@ import math
 
 import pytest
 
-from nnunetv2_ext.data.splits import (FEW_SHOT_INDEX, append_few_shot_splits, case_id_from_path,
-                                      few_shot_splits, splits_from_monai_folds, write_monai_splits)
+from nnunetv2_ext.data.splits import (
+    FEW_SHOT_INDEX,
+    append_few_shot_splits,
+    case_id_from_path,
+    few_shot_splits,
+    splits_from_monai_folds,
+    write_monai_splits,
+)
 
 CASES = [f"BraTS2021_{i:05d}" for i in range(10)]
 

@@ -6,8 +6,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunetv2_ext.data.synthetic import (MODALITIES, _TAG_LABELED, _synth_case, make_brats_like_dataset,
-                                         make_unlabeled_images)
+from nnunetv2_ext.data.synthetic import (
+    _TAG_LABELED,
+    MODALITIES,
+    _synth_case,
+    make_brats_like_dataset,
+    make_unlabeled_images,
+)
 from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SHAPE = (32, 32, 32)
@@ -34,7 +39,8 @@ def test_layout_and_dataset_json(dataset):
     tr = sorted(p.name for p in (dataset / "imagesTr").iterdir())
     assert tr == [f"{c}_{i:04d}.nii.gz" for c in cases[:3] for i in range(4)]
     assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in cases[:3]]
-    assert sorted(p.name for p in (dataset / "imagesTs").iterdir()) == [f"SynBraTS_003_{i:04d}.nii.gz" for i in range(4)]
+    assert sorted(p.name for p in (dataset / "imagesTs").iterdir()) == \
+        [f"SynBraTS_003_{i:04d}.nii.gz" for i in range(4)]
     assert [p.name for p in (dataset / "labelsTs").iterdir()] == ["SynBraTS_003.nii.gz"]
     assert not [p for p in dataset.parent.iterdir() if "partial" in p.name]  # staging folder renamed away
     dj = json.loads((dataset / "dataset.json").read_text())
@@ -80,7 +86,9 @@ def test_contrast_signatures(dataset):
         assert flair[lab == 1].mean() > flair[normal].mean() + 3 * flair[normal & (tissue == 3)].std()
         assert t2[lab == 1].mean() > t2[normal].mean()
         assert t1gd[lab == 3].mean() > t1gd[lab == 1].mean() + 3 * t1gd[normal & (tissue == 3)].std()
-        core = lambda t: ndimage.binary_erosion((tissue == t) & (lab == 0))  # avoid partial-volume edges
+        def core(t):  # avoid partial-volume edges
+            return ndimage.binary_erosion((tissue == t) & (lab == 0))
+
         t1_means.append([t1[core(t)].mean() / t1[normal].mean() for t in (1, 2, 3)])
         assert t2[core(1)].mean() > t2[core(2)].mean() > t2[core(3)].mean()
         assert flair[core(1)].mean() < flair[core(3)].mean()  # CSF suppressed
@@ -91,7 +99,8 @@ def test_contrast_signatures(dataset):
 def test_determinism(tmp_path, dataset):
     again = make_brats_like_dataset(tmp_path, seed=3, **KW)
     other = make_brats_like_dataset(tmp_path, dataset_id=992, seed=4, **KW)
-    for rel in ["imagesTr/SynBraTS_001_0002.nii.gz", "labelsTr/SynBraTS_001.nii.gz", "imagesTs/SynBraTS_003_0001.nii.gz"]:
+    for rel in ["imagesTr/SynBraTS_001_0002.nii.gz", "labelsTr/SynBraTS_001.nii.gz",
+                "imagesTs/SynBraTS_003_0001.nii.gz"]:
         a, b, c = _read(dataset / rel), _read(again / rel), _read(other / rel)
         assert a.tobytes() == b.tobytes()
         assert a.tobytes() != c.tobytes()

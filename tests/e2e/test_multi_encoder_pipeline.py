@@ -69,7 +69,8 @@ def test_resume_continues_from_the_checkpoint(trained: NnUNetEnv):
 
     epochs = _epochs_in_log(trained.resumed_log)
     assert trained.killed_at_epoch >= 1
-    assert epochs[0] == trained.killed_at_epoch, f"resumed at epoch {epochs[0]}, checkpoint says {trained.killed_at_epoch}"
+    assert epochs[0] == trained.killed_at_epoch, \
+        f"resumed at epoch {epochs[0]}, checkpoint says {trained.killed_at_epoch}"
     # the LR schedule continues too: poly decay (seed 000 eq. 2) at the resumed epoch, not the initial LR
     trainer = nnUNetTrainerMultiEncoder_debug
     lrs = [float(x) for x in re.findall(r"Current learning rate: ([0-9.e-]+)", trained.resumed_log.read_text())]

@@ -38,7 +38,8 @@ def test_proxy_make_then_smoke_run_then_resume(tmp_path: Path):
 
     # the fine-tuned SSL model loaded every encoder from stage 2, which loaded T1 and FLAIR from stage 1
     target = manifest["target_dataset"]
-    ssl_dirs = list((out / "nnUNet_results" / "ssl_vf" / target).glob("nnUNetTrainerProxyMultiEncoderSSL_smoke__*/fold_*"))
+    ssl_dirs = list((out / "nnUNet_results" / "ssl_vf" / target)
+                    .glob("nnUNetTrainerProxyMultiEncoderSSL_smoke__*/fold_*"))
     assert len(ssl_dirs) == 1
     report = json.loads((ssl_dirs[0] / "transfer_report.json").read_text())
     first_convs = [e for e in report["entries"] if (e["target_key"] or "").endswith("stages.0.0.convs.0.conv.weight")

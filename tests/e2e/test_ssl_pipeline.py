@@ -86,6 +86,7 @@ def test_two_stage_volume_fusion_then_ssl_fine_tuning(preprocessed_example: NnUN
 
     pred = tmp_path / "pred"
     run(console_script("nnUNetv2_predict"), "-i", str(example.raw / "imagesTs"), "-o", str(pred),
-                "-d", str(example.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
+                "-d", str(example.dataset_id), "-c", "3d_fullres", "-f", "0",
+                "-tr", "nnUNetTrainerMultiEncoderSSL_debug",
                 "-p", PLANS, "-device", "cpu", "-npp", "1", "-nps", "1")
     assert_valid_predictions(pred, example.raw / "imagesTs")

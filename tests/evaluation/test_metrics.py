@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_ext.evaluation.metrics import (METRIC_NAMES, brats_regions, case_metrics, confusion,
-                                             evaluate_folders, lesion_metrics, overlap_metrics,
-                                             regions_from_dataset_json, surface_metrics)
+from nnunetv2_ext.evaluation.metrics import (
+    METRIC_NAMES,
+    brats_regions,
+    case_metrics,
+    confusion,
+    evaluate_folders,
+    lesion_metrics,
+    overlap_metrics,
+    regions_from_dataset_json,
+    surface_metrics,
+)
 
 BRATS_JSON = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
               "regions_class_order": [1, 2, 3], "file_ending": ".nii.gz"}

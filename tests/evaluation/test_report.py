@@ -39,7 +39,8 @@ def test_folds_table_has_a_column_per_model_and_nan_where_missing(results):
 
 
 def test_few_shot_curve_mean_and_sd_over_repeats(results, tmp_path):
-    index = [{"fold": 5, "fraction": 0.5, "repeat": 0, "n_train": 2}, {"fold": 6, "fraction": 0.5, "repeat": 1, "n_train": 2},
+    index = [{"fold": 5, "fraction": 0.5, "repeat": 0, "n_train": 2},
+             {"fold": 6, "fraction": 0.5, "repeat": 1, "n_train": 2},
              {"fold": 7, "fraction": 1.0, "repeat": 0, "n_train": 4}]
     rows = few_shot_table(results, index)
     half = next(r for r in rows if r["model"] == "A__P__3d_fullres" and r["fraction"] == 0.5)

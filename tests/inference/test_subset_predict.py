@@ -16,8 +16,14 @@ import torch
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.inference.subset_predict import (
-    _channels_of, _encoder_mask, _find_cases, _preprocessed_cases, _trainer_class, model_folder_from_args,
-    predict_with_subset)
+    _channels_of,
+    _encoder_mask,
+    _find_cases,
+    _preprocessed_cases,
+    _trainer_class,
+    model_folder_from_args,
+    predict_with_subset,
+)
 from tests.conftest import TINY_FIXTURES
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -10,14 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from dynamic_network_architectures.architectures.unet import PlainConvUNet
-from nnunetv2_ext.planning.backbones import (BACKBONE_NAMES, BACKBONES, RESENC_CLASS, SWIN_UNETR_SEED000_PRESET,
-                                             BackboneSpec, backbone_architecture, backbone_class_name,
-                                             default_plans_name, derive_backbone_plans, replanned_topology,
-                                             stunet_architecture, unet_kwargs_architecture, write_backbone_plans)
+from nnunetv2_ext.planning.backbones import (
+    BACKBONE_NAMES,
+    BACKBONES,
+    RESENC_CLASS,
+    SWIN_UNETR_SEED000_PRESET,
+    BackboneSpec,
+    backbone_architecture,
+    backbone_class_name,
+    default_plans_name,
+    derive_backbone_plans,
+    replanned_topology,
+    stunet_architecture,
+    unet_kwargs_architecture,
+    write_backbone_plans,
+)
 from nnunetv2_ext.training.backbones import supports_deep_supervision
 from tests.conftest import write_tiny_preprocessed
 

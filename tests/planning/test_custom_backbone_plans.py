@@ -28,7 +28,8 @@ def test_derived_configuration_builds_and_matches_nnunet_deep_supervision(name, 
     kwargs = derived["architecture"]["arch_kwargs"]
     assert len(kwargs["strides"]) == n_strides and kwargs["strides"][0] == [1, 1, 1]
     product = np.prod(np.array(kwargs["strides"]), axis=0)
-    assert all(p % m == 0 for p, m in zip(derived["patch_size"], product)) and kwargs["patch_size"] == derived["patch_size"]
+    assert all(p % m == 0 for p, m in zip(derived["patch_size"], product))
+    assert kwargs["patch_size"] == derived["patch_size"]
     assert all(d >= c for d, c in zip(derived["patch_size"], config["patch_size"]))  # rounded up, never cut
     net = get_network_from_plans(derived["architecture"]["network_class_name"], kwargs, [], 4, 3,
                                  deep_supervision=True)

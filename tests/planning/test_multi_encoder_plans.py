@@ -13,9 +13,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.dataset_json import channel_names
-from nnunetv2_ext.planning.multi_encoder_plans import (MULTI_ENCODER_CLASS, adapt_topology_to_patch, apply_preset,
-                                                       derive_multi_encoder_plans, multi_encoder_architecture,
-                                                       parse_encoder_groups)
+from nnunetv2_ext.planning.multi_encoder_plans import (
+    MULTI_ENCODER_CLASS,
+    adapt_topology_to_patch,
+    apply_preset,
+    derive_multi_encoder_plans,
+    multi_encoder_architecture,
+    parse_encoder_groups,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO_PRESET = Path(__file__).resolve().parents[2] / "plans" / "brats_seed000.json"

@@ -304,8 +304,12 @@ def test_class_counts_and_bad_labels():
 
 
 def test_perfect_prediction_beats_constant_predictor_on_a_fusion_sample():
-    from nnunetv2_ext.pretext.volume_fusion import class_counts, constant_predictor_dice, fusion_level_confusion, \
-        mean_level_dice
+    from nnunetv2_ext.pretext.volume_fusion import (
+        class_counts,
+        constant_predictor_dice,
+        fusion_level_confusion,
+        mean_level_dice,
+    )
 
     cfg = VolumeFusionConfig()
     _, label, _ = volume_fusion(_images(spatial=SHAPE2D), cfg, _gen(5))

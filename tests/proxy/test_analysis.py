@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from nnunetv2_ext.proxy.analysis import (
-    Run, curve_rows, hierarchical_bootstrap, paired_comparison, results_table, score_runs, table_numbers,
-    write_results)
+    Run,
+    curve_rows,
+    hierarchical_bootstrap,
+    paired_comparison,
+    results_table,
+    score_runs,
+    table_numbers,
+    write_results,
+)
 
 DATASET_JSON = {"channel_names": {"0": "T1"}, "file_ending": ".nii.gz", "numTraining": 3,
                 "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},

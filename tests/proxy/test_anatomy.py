@@ -12,10 +12,20 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunetv2_ext.proxy.anatomy import (CLASSES, MANIFEST, PRETRAIN_MODALITIES, TARGET_MODALITIES, TUMOUR_CLASSES,
-                                        ProxySpec,
-                                        jacobian_determinant, load_anatomy, make_proxy, mass_effect,
-                                        random_deformation, synthesize_case)
+from nnunetv2_ext.proxy.anatomy import (
+    CLASSES,
+    MANIFEST,
+    PRETRAIN_MODALITIES,
+    TARGET_MODALITIES,
+    TUMOUR_CLASSES,
+    ProxySpec,
+    jacobian_determinant,
+    load_anatomy,
+    make_proxy,
+    mass_effect,
+    random_deformation,
+    synthesize_case,
+)
 from tests.data.test_raw_dataset import assert_plain_mkdir_mode, umask
 
 SPEC = ProxySpec(seed=3, resolution=6.0, n_pretrain=2, n_target=2, n_test=1, pretrain_id=611, target_id=612)

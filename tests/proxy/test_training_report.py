@@ -6,8 +6,7 @@ import json
 import numpy as np
 import torch
 
-from nnunetv2_ext.proxy.training_report import (plot_training_curves, pretext_markdown, pretext_rows,
-                                                training_curves)
+from nnunetv2_ext.proxy.training_report import plot_training_curves, pretext_markdown, pretext_rows, training_curves
 
 
 def test_pretext_rows_and_markdown(tmp_path):

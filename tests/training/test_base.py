@@ -75,7 +75,7 @@ def test_pretrained_weights_into_a_finished_run_are_refused_before_anything_is_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_final.pth"]
 
 
-# ------------------------------------------------------------------------------------------------ optimiser and schedule
+# ----------------------------------------------------------------------------------------------- optimiser and schedule
 
 
 def _optimizer_trainer(cls: type) -> nnUNetTrainer:

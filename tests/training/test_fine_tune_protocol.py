@@ -16,9 +16,9 @@ from torch import nn
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.pretext.volume_fusion import VolumeFusionConfig, volume_fusion
-from nnunetv2_ext.transfer import transfer_weights
 from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encoder_decoder_param_groups, warmup_epochs
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoderSSL as SSL
+from nnunetv2_ext.transfer import transfer_weights
 
 SIZE, PRETRAIN_STEPS, FINE_TUNE_STEPS, BATCH = 32, 200, 150, 4
 pytestmark = pytest.mark.usefixtures("single_thread")

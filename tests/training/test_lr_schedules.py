@@ -6,9 +6,15 @@ import torch
 from torch import nn
 
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
-from nnunetv2_ext.training.lr_schedules import (DECODER_GROUP, ENCODER_GROUP, FineTuneWarmupLRScheduler,
-                                                StepLRScheduler, WarmupCosineLRScheduler,
-                                                encoder_decoder_param_groups, warmup_epochs)
+from nnunetv2_ext.training.lr_schedules import (
+    DECODER_GROUP,
+    ENCODER_GROUP,
+    FineTuneWarmupLRScheduler,
+    StepLRScheduler,
+    WarmupCosineLRScheduler,
+    encoder_decoder_param_groups,
+    warmup_epochs,
+)
 
 KW = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=nn.Conv2d, kernel_sizes=3, strides=[1, 2, 2],
           num_classes=3, n_conv_per_stage=1, n_conv_per_stage_decoder=1, conv_bias=True, norm_op=nn.InstanceNorm2d,

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from nnunetv2_ext.training.modality_dropout import (nnUNetTrainerMultiEncoderModalityDropout,
-                                                    nnUNetTrainerMultiEncoderModalityDropout_debug,
-                                                    sample_present_mask)
+from nnunetv2_ext.training.modality_dropout import (
+    nnUNetTrainerMultiEncoderModalityDropout,
+    nnUNetTrainerMultiEncoderModalityDropout_debug,
+    sample_present_mask,
+)
 from tests.architectures.test_multi_encoder import tiny_input, tiny_net
 
 

@@ -1,5 +1,5 @@
 """The hooks of nnunetv2_ext.training.pretext_base.PretextTrainerBase, on a toy restoration pretext (defined here in
-the ~30 lines a restoration pretext takes) and on the package's three pretext trainers: the pretext batch, the train
+the ~30 lines a restoration pretext takes) and on the package's pretext trainers: the pretext batch, the train
 step, the seeded streams, the validation epoch's logging and ``pretext_metrics.json``, and no segmentation
 validation. Trainers are built on tiny 2D plans as in ``nnUNetv2_train`` (``tests/training/conftest.py``), batches
 are made in memory."""
@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunetv2_ext.training.cross_modality import nnUNetTrainerCrossModality
+from nnunetv2_ext.training.masked_image import nnUNetTrainerMaskedImage
+from nnunetv2_ext.training.model_genesis import nnUNetTrainerModelGenesis
+from nnunetv2_ext.training.patch_swapping import nnUNetTrainerPatchSwapping
 from nnunetv2_ext.training.pretext_base import VALIDATION_SEED_OFFSET, PretextTrainerBase
 from nnunetv2_ext.training.pretext_metrics import PRETEXT_METRICS_FILE, pretext_metric
 from nnunetv2_ext.training.swin_proxies import nnUNetTrainerSwinProxies
@@ -176,12 +179,23 @@ def test_default_pseudo_dice_of_a_score_and_of_an_error(toy):
     assert toy.pseudo_dice({}, [error, score]) == [pytest.approx(0.25)]
 
 
-# ----------------------------------------------------------------------------------- the package's three pretexts
+# ----------------------------------------------------------------------------------------- the package's pretexts
+
+# pretext -> (trainer, channel names, the metrics of its pretext_metrics.json)
+PRETEXTS = {
+    "volume_fusion": (nnUNetTrainerVolumeFusion, TWO, ["fusion-level Dice"]),
+    "swin_proxies": (nnUNetTrainerSwinProxies, TWO,
+                     ["rotation accuracy", "reconstruction L1", "inpainting L1 (masked boxes)"]),
+    "cross_modality": (nnUNetTrainerCrossModality, THREE, ["PSNR (dB)"]),
+    "model_genesis": (nnUNetTrainerModelGenesis, TWO, ["restoration MSE"]),
+    "masked_image": (nnUNetTrainerMaskedImage, TWO, ["masked L1"]),
+    "patch_swapping": (nnUNetTrainerPatchSwapping, TWO, ["restoration MSE"]),
+}
+RESTORATIONS = ("model_genesis", "masked_image", "patch_swapping")  # one output per input channel, any network
 
 
 def _pretext_trainer(name: str, tmp_path, monkeypatch):
-    cls, names = {"volume_fusion": (nnUNetTrainerVolumeFusion, TWO), "swin_proxies": (nnUNetTrainerSwinProxies, TWO),
-                  "cross_modality": (nnUNetTrainerCrossModality, THREE)}[name]
+    cls, names, _ = PRETEXTS[name]
     return tiny_trainer(cls, names, BATCH, tmp_path, monkeypatch), len(names)
 
 
@@ -217,7 +231,69 @@ def test_cross_modality_batch_predicts_the_target_modality_from_the_others(tmp_p
     assert trainer.network(inputs).shape == (BATCH, 1, SIZE, SIZE)
 
 
-@pytest.mark.parametrize("name", ["volume_fusion", "swin_proxies", "cross_modality"])
+def test_models_genesis_batch_is_the_corrupted_images_and_the_originals(tmp_path, monkeypatch):
+    trainer, channels = _pretext_trainer("model_genesis", tmp_path, monkeypatch)
+    x = _images(BATCH, channels)
+    inputs, target = trainer.pretext_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(target, x) and inputs.shape == x.shape and not torch.equal(inputs, x)
+    # the corruption runs in each channel's own intensity range
+    assert torch.all(inputs.amin((2, 3)) >= x.amin((2, 3)) - 1e-5)
+    assert torch.all(inputs.amax((2, 3)) <= x.amax((2, 3)) + 1e-5)
+    assert trainer.network(inputs).shape == x.shape
+
+
+def test_masked_image_batch_masks_patches_of_the_scaled_size_in_every_channel(tmp_path, monkeypatch):
+    trainer, channels = _pretext_trainer("masked_image", tmp_path, monkeypatch)
+    # Chen et al.'s 16-voxel patches at 96^3, scaled to the plans' patch
+    assert trainer.mim_config_for((SIZE, SIZE)).patch_size[-2:] == (5, 5)
+    assert trainer.mim_config_for((64, 128, 128)).patch_size == (11, 21, 21)
+    x = _images(BATCH, channels)
+    inputs, (target, mask) = trainer.pretext_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(target, x) and mask.shape == (BATCH, 1, SIZE, SIZE) and mask.dtype == torch.bool
+    full = mask.expand_as(x)
+    assert torch.equal(inputs[~full], x[~full]) and not inputs[full].any()  # the masked voxels zero, the rest kept
+    # 7 x 7 patches of 5 x 5 (the last row and column partial), round(0.75 * 49) = 37 of them masked per sample
+    patches = mask[:, 0, ::5, ::5]
+    assert patches.shape[1:] == (7, 7) and patches.sum((1, 2)).tolist() == [37] * BATCH
+    output = trainer.network(inputs)
+    assert output.shape == x.shape and float(trainer.loss(output.detach(), [target, mask])) > 0
+
+
+def test_patch_swapping_batch_permutes_each_sample_and_keeps_its_intensities(tmp_path, monkeypatch):
+    trainer, channels = _pretext_trainer("patch_swapping", tmp_path, monkeypatch)
+    x = _images(BATCH, channels)
+    inputs, target = trainer.pretext_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(target, x) and inputs.shape == x.shape and not torch.equal(inputs, x)
+    assert torch.equal(inputs.flatten(2).sort(2).values, x.flatten(2).sort(2).values)
+    moved = (inputs != x).any(1)  # the same patches in both channels
+    assert torch.equal((inputs[:, 0] != x[:, 0]), moved) and torch.equal((inputs[:, 1] != x[:, 1]), moved)
+    assert trainer.network(inputs).shape == x.shape
+
+
+@pytest.mark.parametrize("name", RESTORATIONS)
+def test_restoration_pretexts_fit_a_3d_plain_conv_unet(name, tmp_path, monkeypatch):
+    """Beside the multi-encoder of the tiny plans: 3D images and nnU-Net's PlainConvUNet with
+    ``pretext_output_channels`` outputs, the loss of the pretext batch reaching every parameter it uses (without deep
+    supervision the lower-resolution segmentation layers are unused)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    trainer, channels = _pretext_trainer(name, tmp_path, monkeypatch)
+    network = PlainConvUNet(channels, 3, (8, 16, 32), nn.Conv3d, 3, (1, 2, 2), (1, 1, 1),
+                            trainer.pretext_output_channels(channels), (1, 1), conv_bias=True,
+                            norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                            nonlin=nn.LeakyReLU, deep_supervision=False)  # nnU-Net's 3d_fullres plans, 3 stages
+    x = F.avg_pool3d(torch.randn(BATCH, channels, 16, 32, 32, generator=torch.Generator().manual_seed(0)), 3, 1, 1)
+    inputs, target = trainer.pretext_batch(x, torch.Generator().manual_seed(1))
+    assert inputs.shape == x.shape and not torch.equal(inputs, x)
+    loss = trainer.loss(network(inputs), target)
+    loss.backward()
+    last = f"decoder.seg_layers.{len(network.decoder.seg_layers) - 1}."
+    used = {n: p for n, p in network.named_parameters() if not n.startswith("decoder.seg_layers.") or
+            n.startswith(last)}
+    assert torch.isfinite(loss) and len(used) > 10 and all(p.grad is not None for p in used.values())
+
+
+@pytest.mark.parametrize("name", list(PRETEXTS))
 def test_train_steps_reduce_the_loss_of_a_fixed_batch(name, tmp_path, monkeypatch):
     trainer, channels = _pretext_trainer(name, tmp_path, monkeypatch)
     x = _images(BATCH, channels)
@@ -229,7 +305,7 @@ def test_train_steps_reduce_the_loss_of_a_fixed_batch(name, tmp_path, monkeypatc
     assert after[0] < before[0], (before, after)
 
 
-@pytest.mark.parametrize("name", ["volume_fusion", "swin_proxies", "cross_modality"])
+@pytest.mark.parametrize("name", list(PRETEXTS))
 def test_validation_epoch_writes_the_pretexts_metrics(name, tmp_path, monkeypatch):
     trainer, channels = _pretext_trainer(name, tmp_path, monkeypatch)
     batches = [_images(BATCH, channels, seed=s) for s in (1, 2)]
@@ -237,9 +313,7 @@ def test_validation_epoch_writes_the_pretexts_metrics(name, tmp_path, monkeypatc
         trainer.on_validation_epoch_start()
         trainer.on_validation_epoch_end([trainer.validation_step(_batch(b)) for b in batches])
     record = json.loads((Path(trainer.output_folder) / PRETEXT_METRICS_FILE).read_text())
-    expected = {"volume_fusion": ["fusion-level Dice"], "cross_modality": ["PSNR (dB)"],
-                "swin_proxies": ["rotation accuracy", "reconstruction L1", "inpainting L1 (masked boxes)"]}[name]
-    assert record["trainer"] == type(trainer).__name__ and [m["name"] for m in record["metrics"]] == expected
+    assert record["trainer"] == type(trainer).__name__ and [m["name"] for m in record["metrics"]] == PRETEXTS[name][2]
     assert all(m["value"] == m["value"] and m["baseline"] == m["baseline"] for m in record["metrics"])  # not NaN
     dice = trainer.logger.get_value("dice_per_class_or_region", step=0)
     assert len(dice) == (trainer.vf_config.k if name == "volume_fusion" else 1)

@@ -14,8 +14,17 @@ from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.transfer import transfer_weights
 from nnunetv2_ext.transfer.axes import permute_spatial_axes
 from nnunetv2_ext.transfer.checkpoint import load_object
-from nnunetv2_ext.transfer.formats import (CHECKPOINT_FORMATS, FORMATS, ExternalWeights, checkpoint_format, detect,
-                                           detect_format, encoder_only, read_weights, swin_prefix_of)
+from nnunetv2_ext.transfer.formats import (
+    CHECKPOINT_FORMATS,
+    FORMATS,
+    ExternalWeights,
+    checkpoint_format,
+    detect,
+    detect_format,
+    encoder_only,
+    read_weights,
+    swin_prefix_of,
+)
 from nnunetv2_ext.transfer.inspect_cli import inspect_weights
 from nnunetv2_ext.transfer.report import with_source_notes
 from tests.transfer.test_checkpoint import nnunet_checkpoint

@@ -6,8 +6,13 @@ import math
 import pytest
 import torch
 
-from nnunetv2_ext.transfer.input_kernel import (HE_NEG_SLOPE, adapt_input_kernel, mean_input_kernel,
-                                                new_channel_note, same_beyond_input_channels)
+from nnunetv2_ext.transfer.input_kernel import (
+    HE_NEG_SLOPE,
+    adapt_input_kernel,
+    mean_input_kernel,
+    new_channel_note,
+    same_beyond_input_channels,
+)
 
 
 def kernels(c_src: int = 2, c_tgt: int = 4):

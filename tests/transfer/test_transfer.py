@@ -1,7 +1,6 @@
 """transfer_weights: encoders and input channels mapped by modality, values checked tensor by tensor."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
