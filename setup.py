@@ -29,6 +29,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
+        # the linters .ci/run runs before the tests (pyproject.toml, .pre-commit-config.yaml), pinned so CI is stable
+        "dev": ["ruff==0.17.5", "mypy==2.4.1", "pre-commit==4.7.0"],
         # `nnunetv2_ext proxy`: the MNI152 2009a template and tissue maps ship inside nilearn's wheel (no download)
         "proxy": ["nilearn>=0.10,<0.16"],
     },

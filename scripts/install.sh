@@ -17,5 +17,5 @@ if ! python -c "import torch, torchvision" >/dev/null 2>&1; then
         *)             python -m pip install -q torch==2.14.1 torchvision==0.29.1 ;;
     esac
 fi
-python -m pip install -q -e ".[test,proxy]"
+python -m pip install -q -e ".[test,proxy,dev]"
 python -c "import torch, nnunetv2, nnunetv2_ext; print(f'nnunetv2-ext {nnunetv2_ext.__version__} with torch {torch.__version__}')"

@@ -564,8 +564,7 @@ def threshold_baseline_run(out: Path, manifest: dict, folds: dict) -> Run:
 def write_training_report(jobs: Sequence[Job], results_dir: Path, scale: Scale) -> Dict[str, Path]:
     """``pretext.md`` (each pretraining stage's pretext metric against its trivial baseline), ``training_curves.png``
     / ``.json`` (mean fine-tuning curves per method), both appended to ``summary.md``."""
-    from nnunetv2_ext.proxy.training_report import (plot_training_curves, pretext_markdown, pretext_rows,
-                                                    training_curves)
+    from nnunetv2_ext.proxy.training_report import plot_training_curves, pretext_markdown, pretext_rows, training_curves
     from nnunetv2_ext.training import proxy as proxy_trainers
 
     labels = {k: METHODS[k].label for k in scale.methods}

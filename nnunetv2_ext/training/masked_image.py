@@ -10,8 +10,13 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from nnunetv2_ext.pretext.masked_image import (MaskedImageConfig, identity_masked_l1, mask_patches, masked_l1,
-                                               visible_mean_masked_l1)
+from nnunetv2_ext.pretext.masked_image import (
+    MaskedImageConfig,
+    identity_masked_l1,
+    mask_patches,
+    masked_l1,
+    visible_mean_masked_l1,
+)
 from nnunetv2_ext.pretext.volume_fusion import scale_extent_range
 from nnunetv2_ext.training.base import DebugScheduleMixin
 from nnunetv2_ext.training.lr_schedules import StepLRScheduler

@@ -36,7 +36,8 @@ __all__ = ["nnUNetTrainerProxyVanilla_cpu", "nnUNetTrainerProxyVanilla_gpu", "nn
            "nnUNetTrainerProxyVolumeFusion_smoke", "nnUNetTrainerProxyModelGenesis_cpu",
            "nnUNetTrainerProxyModelGenesis_gpu", "nnUNetTrainerProxyModelGenesis_cpu2d",
            "nnUNetTrainerProxyModelGenesis_smoke", "nnUNetTrainerProxyMaskedImage_cpu",
-           "nnUNetTrainerProxyMaskedImage_gpu", "nnUNetTrainerProxyMaskedImage_cpu2d", "nnUNetTrainerProxyMaskedImage_smoke",
+           "nnUNetTrainerProxyMaskedImage_gpu", "nnUNetTrainerProxyMaskedImage_cpu2d",
+           "nnUNetTrainerProxyMaskedImage_smoke",
            "nnUNetTrainerProxyPatchSwapping_cpu", "nnUNetTrainerProxyPatchSwapping_gpu",
            "nnUNetTrainerProxyPatchSwapping_cpu2d", "nnUNetTrainerProxyPatchSwapping_smoke"]
 
