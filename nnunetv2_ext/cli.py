@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder width relative to the plans' features (default 1.0)")
     p.add_argument("--source-plans", default="nnUNetPlans", help="plans to derive from (default nnUNetPlans)")
     p.add_argument("--plans-name", default=None, help="name of the new plans (default <source>_MultiEncoder)")
-    p.add_argument("--preset", default=None, help="preset JSON, e.g. plans/brats_seed000.json")
+    p.add_argument("--preset", default=None, help="preset JSON, e.g. plans/brats_taheri2025.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
     p.set_defaults(func=_plans)
 

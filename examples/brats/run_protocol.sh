@@ -7,8 +7,9 @@
 # Dry run (CPU, synthetic data, short trainers, ~10 min):   bash examples/brats/run_protocol.sh --dry-run
 #
 # Settings (environment): DATASET_ID (137), TRAINERS (space-separated), FOLDS ("0 1 2 3 4"), FRACTIONS
-# ("0.05,0.1,0.2,0.4", seed 001 Figure 5), REPEATS (5), DEVICE (cuda), WORK (./brats_protocol): nnUNet_raw,
-# nnUNet_preprocessed and nnUNet_results default to folders inside WORK unless already exported.
+# ("0.05,0.1,0.2,0.4", Cox et al. 2024 (BrainSegFounder) Figure 5), REPEATS (5), DEVICE (cuda),
+# WORK (./brats_protocol): nnUNet_raw, nnUNet_preprocessed and nnUNet_results default to folders inside WORK unless
+# already exported.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DRY_RUN=0

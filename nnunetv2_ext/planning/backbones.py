@@ -54,7 +54,7 @@ PRESET_CONFIG_KEYS = ("patch_size", "batch_size")
 # Taheri Otaghsara and Rahmanzadeh 2025, "Multi-encoder nnU-Net outperforms Transformer models with self-supervised
 # pretraining", sec. 4.2.1, Swin UNETR on BraTS: patch 96 x 96 x 96, batch size 4 (as data: dump it into plans/ to use
 # it from the command line)
-SWIN_UNETR_SEED000_PRESET = {
+SWIN_UNETR_TAHERI2025_PRESET = {
     "description": "Swin UNETR on BraTS as in Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) sec. 4.2.1: "
                    "patch 96x96x96, batch size 4, feature size 48",
     "configurations": {"3d_fullres": {"patch_size": [96, 96, 96], "batch_size": 4}},
@@ -419,7 +419,7 @@ def derive_backbone_plans(plans: dict, dataset_json: dict, name: str, plans_name
         name: one of ``BACKBONE_NAMES``.
         plans_name: default: source plans name + ``_SwinUNETR`` / ``_SegResNet`` / ``_UNETR`` / ``_STUNetS`` ...
         preset: ``{"configurations": {"3d_fullres": {"patch_size": [...], "batch_size": 4}}, "backbone": {...}}``
-            (e.g. ``SWIN_UNETR_SEED000_PRESET``); ``backbone`` holds options, ``**options`` override them.
+            (e.g. ``SWIN_UNETR_TAHERI2025_PRESET``); ``backbone`` holds options, ``**options`` override them.
         **options: see :func:`backbone_architecture`.
 
     Returns:

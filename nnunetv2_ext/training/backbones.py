@@ -151,7 +151,7 @@ class AdamWCosineMixin(ExtTrainerBase):
 
 class nnUNetTrainerSwinUNETR(AdamWCosineMixin, nnUNetTrainerBackbone):
     """Swin UNETR as in Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) sec. 4.2.1: AdamW, cosine annealing, 500
-    epochs, soft Dice loss; patch 96^3 and batch size 4 come from the plans (``SWIN_UNETR_SEED000_PRESET`` in
+    epochs, soft Dice loss; patch 96^3 and batch size 4 come from the plans (``SWIN_UNETR_TAHERI2025_PRESET`` in
     ``nnunetv2_ext.planning.backbones``), any other plans work with the patch rounded to multiples of 32.
 
     The paper gives no learning rate or weight decay ("AdamW with weight decay"): 1e-4 and 1e-5 are those of the Swin

@@ -200,8 +200,9 @@ def test_monai_is_imported_lazily():
 
 @pytest.mark.parametrize("regions", [True, False])
 def test_squared_soft_dice_loss_known_answer(regions):
-    """nnUNetTrainerSwinUNETR's loss is seed 000's eq. in sec. 4.2.1, 1 - 2/J sum_j sum_i G Y / (sum_i G^2 +
-    sum_i Y^2), per sample, on nnU-Net's targets (boolean region masks, or label maps one-hot encoded here)."""
+    """nnUNetTrainerSwinUNETR's loss is Taheri Otaghsara et al. 2025's (Multi-encoder nnU-Net) eq. in sec. 4.2.1,
+    1 - 2/J sum_j sum_i G Y / (sum_i G^2 + sum_i Y^2), per sample, on nnU-Net's targets (boolean region masks, or
+    label maps one-hot encoded here)."""
     from nnunetv2_ext.training.backbones import SquaredSoftDiceLoss
 
     g = torch.Generator().manual_seed(0)

@@ -71,7 +71,8 @@ def test_resume_continues_from_the_checkpoint(trained: NnUNetEnv):
     assert trained.killed_at_epoch >= 1
     assert epochs[0] == trained.killed_at_epoch, \
         f"resumed at epoch {epochs[0]}, checkpoint says {trained.killed_at_epoch}"
-    # the LR schedule continues too: poly decay (seed 000 eq. 2) at the resumed epoch, not the initial LR
+    # the LR schedule continues too: poly decay (Taheri Otaghsara et al. 2025, eq. 2) at the resumed epoch, not the
+    # initial LR
     trainer = nnUNetTrainerMultiEncoder_debug
     lrs = [float(x) for x in re.findall(r"Current learning rate: ([0-9.e-]+)", trained.resumed_log.read_text())]
     expected = trainer.initial_lr * (1 - epochs[0] / trainer.num_epochs) ** trainer.poly_exponent

@@ -1,4 +1,5 @@
-"""The self-supervised pipeline of seed 000 through nnU-Net's own commands:
+"""The self-supervised pipeline of Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) through nnU-Net's own
+commands:
 unlabeled scans (T1, FLAIR) -> `nnunetv2_ext unlabeled-dataset` -> plan_and_preprocess -> Volume Fusion stage 1 ->
 Volume Fusion stage 2 on the labelled 4-modality dataset (-pretrained_weights crosses 2 -> 4 modalities) ->
 nnUNetTrainerMultiEncoderSSL fine-tuning with no -pretrained_weights (it finds stage 2 by convention) ->

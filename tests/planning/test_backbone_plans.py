@@ -18,7 +18,7 @@ from nnunetv2_ext.planning.backbones import (
     BACKBONE_NAMES,
     BACKBONES,
     RESENC_CLASS,
-    SWIN_UNETR_SEED000_PRESET,
+    SWIN_UNETR_TAHERI2025_PRESET,
     BackboneSpec,
     backbone_architecture,
     backbone_class_name,
@@ -233,17 +233,23 @@ def test_stunet_patch_request_replans_the_topology(plans):
     assert "patch [32, 40, 32] -> [64, 64, 64] (requested)" in notes
 
 
-def test_seed000_swin_unetr_preset(plans, dataset_json):
-    new, notes = derive_backbone_plans(plans, dataset_json, "swin_unetr", preset=SWIN_UNETR_SEED000_PRESET)
+def test_taheri2025_swin_unetr_preset(plans, dataset_json):
+    new, notes = derive_backbone_plans(plans, dataset_json, "swin_unetr", preset=SWIN_UNETR_TAHERI2025_PRESET)
     config = new["configurations"]["3d_fullres"]
     assert config["patch_size"] == [96, 96, 96] and config["batch_size"] == 4
     assert config["architecture"]["arch_kwargs"]["feature_size"] == 48
     assert "3d_fullres: patch [32, 40, 32] -> [96, 96, 96] (requested)" in notes
     assert new["configurations"]["2d"]["batch_size"] == plans["configurations"]["2d"]["batch_size"]
     # an explicit option wins over the preset's
-    new, _ = derive_backbone_plans(plans, dataset_json, "swin_unetr", preset=SWIN_UNETR_SEED000_PRESET,
+    new, _ = derive_backbone_plans(plans, dataset_json, "swin_unetr", preset=SWIN_UNETR_TAHERI2025_PRESET,
                                    feature_size=24)
     assert new["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["feature_size"] == 24
+
+
+def test_repo_swin_unetr_preset_is_the_constant():
+    """plans/swin_unetr_taheri2025.json is SWIN_UNETR_TAHERI2025_PRESET as data (the command line reads the file)."""
+    path = Path(__file__).resolve().parents[2] / "plans" / "swin_unetr_taheri2025.json"
+    assert json.loads(path.read_text()) == SWIN_UNETR_TAHERI2025_PRESET
 
 
 def test_configurations_without_architecture_are_left_alone(plans, dataset_json):
@@ -297,7 +303,7 @@ def test_write_backbone_plans(preprocessed, tmp_path):
     assert json.loads(Path(path).read_text())["configurations"]["2d"]["architecture"]["arch_kwargs"][
         "feature_size"] == 8
     preset = tmp_path / "preset.json"
-    preset.write_text(json.dumps(SWIN_UNETR_SEED000_PRESET))
+    preset.write_text(json.dumps(SWIN_UNETR_TAHERI2025_PRESET))
     path, _ = write_backbone_plans(992, "swin_unetr", plans_name="nnUNetPlans_SwinSeed", preset_file=str(preset))
     assert json.loads(Path(path).read_text())["configurations"]["3d_fullres"]["batch_size"] == 4
     with pytest.raises(FileNotFoundError, match="nnUNetv2_plan_and_preprocess -d 992"):

@@ -23,7 +23,7 @@ from nnunetv2_ext.planning.multi_encoder_plans import (
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REPO_PRESET = Path(__file__).resolve().parents[2] / "plans" / "brats_seed000.json"
+REPO_PRESET = Path(__file__).resolve().parents[2] / "plans" / "brats_taheri2025.json"
 NAMES = ["T1", "T1Gd", "T2", "FLAIR"]
 RESENC_CLASS = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet"
 
@@ -322,8 +322,7 @@ def test_preset_unknown_key_raises(plans):
 
 
 def test_repo_preset_applies(plans, dataset_json):
-    if not REPO_PRESET.is_file():
-        pytest.skip(f"{REPO_PRESET} does not exist yet")
+    assert REPO_PRESET.is_file(), f"{REPO_PRESET} is missing (renamed? update REPO_PRESET and the docs)"
     preset = json.loads(REPO_PRESET.read_text())
     plans["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.0, 1.0]
     new = derive_multi_encoder_plans(plans, dataset_json, preset=preset)

@@ -1,4 +1,5 @@
-"""Tests for the cross-modality prediction pretext (seed 002 sec. 3.1 and 4.3.1: MSE, PSNR, SSIM)."""
+"""Tests for the cross-modality prediction pretext (Umesh Kalyanappa 2025 sec. 3.1 and 4.3.1: MSE, PSNR,
+SSIM)."""
 import math
 
 import pytest

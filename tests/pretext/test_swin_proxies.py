@@ -1,4 +1,5 @@
-"""Tests for the Swin UNETR proxy tasks (Tang et al. 2022; seed 001 sec. 2.3; MONAI Pretrain utils/ops.py, losses)."""
+"""Tests for the Swin UNETR proxy tasks (Tang et al. 2022; Cox et al. 2024 (BrainSegFounder) sec. 2.3;
+MONAI Pretrain utils/ops.py, losses)."""
 import math
 
 import pytest

@@ -1,4 +1,5 @@
-"""Tests for the Volume Fusion pretext (seed 003, MIS-FM, sec. 3.1 / eq. (1) / Algorithm 1)."""
+"""Tests for the Volume Fusion pretext (Wang et al. 2023 (MIS-FM), arXiv:2306.16925, sec. 3.1 / eq. (1) /
+Algorithm 1)."""
 
 import math
 
