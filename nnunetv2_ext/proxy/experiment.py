@@ -103,7 +103,7 @@ SCALES: Dict[str, Scale] = {
                    batch_size=2, n_labelled=(2,), repeats=1, lanes=1, device="cpu", methods=("scratch", "ssl_vf")),
     "gpu": Scale("gpu", spacing=None, patch_size=None, base_features=None, max_stages=None, encoder_width=1.0,
                  batch_size=2, n_labelled=(2, 4, 8, 16), repeats=5, lanes=1, device="cuda",
-                 methods=("vanilla", "scratch", "ssl_vf", "ssl_swin")),
+                 methods=("vanilla", "scratch", "ssl_vf", "ssl_swin", "ssl_cm", "ssl_mg", "ssl_mim", "ssl_ps")),
 }
 
 

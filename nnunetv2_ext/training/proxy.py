@@ -27,7 +27,8 @@ __all__ = ["nnUNetTrainerProxyVanilla_cpu", "nnUNetTrainerProxyVanilla_gpu", "nn
            "nnUNetTrainerProxyMultiEncoder_gpu", "nnUNetTrainerProxyMultiEncoderSSL_cpu",
            "nnUNetTrainerProxyMultiEncoderSSL_gpu", "nnUNetTrainerProxyVolumeFusion_cpu",
            "nnUNetTrainerProxyVolumeFusion_gpu", "nnUNetTrainerProxySwinProxies_cpu",
-           "nnUNetTrainerProxySwinProxies_gpu", "nnUNetTrainerProxyVanilla_cpu2d",
+           "nnUNetTrainerProxySwinProxies_gpu", "nnUNetTrainerProxyCrossModality_gpu",
+           "nnUNetTrainerProxyVanilla_cpu2d",
            "nnUNetTrainerProxyMultiEncoder_cpu2d",
            "nnUNetTrainerProxyMultiEncoderSSL_cpu2d", "nnUNetTrainerProxyVolumeFusion_cpu2d",
            "nnUNetTrainerProxyMultiEncoderSSLFullTransfer_cpu2d", "nnUNetTrainerProxyVolumeFusionSGD_cpu2d",
@@ -136,6 +137,10 @@ class nnUNetTrainerProxySwinProxies_cpu(_CPUPretrain, nnUNetTrainerSwinProxies):
 class nnUNetTrainerProxySwinProxies_gpu(_GPUPretrain, nnUNetTrainerSwinProxies):
     """Swin UNETR proxies on the multi-encoder, proxy GPU schedule."""
     warmup_epochs = 2
+
+
+class nnUNetTrainerProxyCrossModality_gpu(_GPUPretrain, nnUNetTrainerCrossModality):
+    """Cross-modality prediction (T1 + T1Gd -> FLAIR) on the target pool, proxy GPU schedule."""
 
 
 class _CPU2DFineTune(CPUThreadsMixin, NoTestTimeMirroringMixin):
