@@ -28,6 +28,8 @@ __all__ = ["nnUNetTrainerProxyVanilla_cpu", "nnUNetTrainerProxyVanilla_gpu", "nn
            "nnUNetTrainerProxyMultiEncoderSSL_gpu", "nnUNetTrainerProxyVolumeFusion_cpu",
            "nnUNetTrainerProxyVolumeFusion_gpu", "nnUNetTrainerProxySwinProxies_cpu",
            "nnUNetTrainerProxySwinProxies_gpu", "nnUNetTrainerProxyCrossModality_gpu",
+           "nnUNetTrainerProxyCrossModality_cpu", "nnUNetTrainerProxyCrossModality_smoke",
+           "nnUNetTrainerProxyVanilla_smoke", "nnUNetTrainerProxySwinProxies_smoke",
            "nnUNetTrainerProxyVanilla_cpu2d",
            "nnUNetTrainerProxyMultiEncoder_cpu2d",
            "nnUNetTrainerProxyMultiEncoderSSL_cpu2d", "nnUNetTrainerProxyVolumeFusion_cpu2d",
@@ -134,6 +136,10 @@ class nnUNetTrainerProxySwinProxies_cpu(_CPUPretrain, nnUNetTrainerSwinProxies):
     warmup_epochs = 1
 
 
+class nnUNetTrainerProxyCrossModality_cpu(_CPUPretrain, nnUNetTrainerCrossModality):
+    """Cross-modality prediction (T1 + T1Gd -> FLAIR) on the target pool, proxy CPU schedule."""
+
+
 class nnUNetTrainerProxySwinProxies_gpu(_GPUPretrain, nnUNetTrainerSwinProxies):
     """Swin UNETR proxies on the multi-encoder, proxy GPU schedule."""
     warmup_epochs = 2
@@ -223,6 +229,19 @@ class nnUNetTrainerProxyMultiEncoderSSL_smoke(_SmokeSchedule, nnUNetTrainerMulti
 
 class nnUNetTrainerProxyVolumeFusion_smoke(_SmokeSchedule, nnUNetTrainerVolumeFusion):
     """Volume Fusion pretraining stage, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyVanilla_smoke(_SmokeSchedule, nnUNetTrainerVanilla):
+    """nnU-Net's PlainConvUNet from scratch, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxySwinProxies_smoke(_SmokeSchedule, nnUNetTrainerSwinProxies):
+    """Swin UNETR proxies on the multi-encoder, the tests' toy schedule (no warm-up epoch)."""
+    warmup_epochs = 0
+
+
+class nnUNetTrainerProxyCrossModality_smoke(_SmokeSchedule, nnUNetTrainerCrossModality):
+    """Cross-modality prediction on the target pool, the tests' toy schedule."""
 
 
 # the restoration pretexts (methods ssl_mg, ssl_mim, ssl_ps): the pretraining stages of Volume Fusion's scales

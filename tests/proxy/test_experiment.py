@@ -186,8 +186,8 @@ def test_unknown_scale_and_method_are_refused(tmp_path):
         ex.run_benchmark(tmp_path, scale="huge")
     with pytest.raises(ValueError, match="unknown method"):
         ex.run_benchmark(tmp_path, methods=["ssl_magic"])
-    with pytest.raises(ValueError, match="nnUNetTrainerProxyVanilla_smoke"):
-        ex.run_benchmark(tmp_path, scale="smoke", methods=["vanilla", "scratch"])
+    with pytest.raises(ValueError, match="nnUNetTrainerProxyVolumeFusionSGD_smoke"):  # an ablation of cpu2d only
+        ex.run_benchmark(tmp_path, scale="smoke", methods=["scratch", "ssl_vf_sgd"])
 
 
 def test_threshold_baseline_is_a_scored_row_of_the_tables(tmp_path):
@@ -208,3 +208,37 @@ def test_threshold_baseline_is_a_scored_row_of_the_tables(tmp_path):
     assert set(scores[run]["cases"]) == set(manifest["test_cases"]) and list(scores[run]["mean"]) == ["WT", "TC", "ET"]
     write_results(scores, tmp_path / "results", {METHOD: LABEL}, comparisons=())
     assert LABEL in (tmp_path / "results" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("scale_name", sorted(ex.SCALES))
+def test_every_scale_builds_every_method_once_with_existing_trainers(tmp_path, scale_name):
+    scale = ex.SCALES[scale_name]
+    (tmp_path / "pp").mkdir()
+    folds = ex.write_proxy_splits(tmp_path / "pp", MANIFEST, scale, seed=0)
+    methods = ex.SCALES["cpu2d"].methods  # the ranking set: every scale runs all of it (ablations: cpu2d only)
+    jobs = ex.build_jobs(tmp_path, MANIFEST, folds, scale, methods)
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names))  # no stage or fine-tune twice
+    n_runs = len(folds["folds"])
+    for key in methods:
+        method = ex.METHODS[key]
+        own_stages = [n for n in names if n.startswith(f"{key}/stage")]
+        expected = 0 if method.pretext is None or method.pretrained_by else (2 if method.two_stage else 1)
+        assert len(own_stages) == expected, key
+        fine = [j for j in jobs if j.name.startswith(f"{key}/n")]
+        assert len(fine) == n_runs, key
+        if method.pretext is not None:  # every fine-tune reuses the one pretraining of its method
+            assert {tuple(j.deps) for j in fine} == {(f"{method.pretrained_by or key}/stage2",)}
+    for job in jobs:
+        trainer = job.cmd[job.cmd.index("-tr") + 1]
+        assert hasattr(proxy_trainers, trainer), trainer
+
+
+def test_cpu2d_is_the_fixed_ranking_protocol():
+    scale = ex.SCALES["cpu2d"]
+    assert scale.methods == ("vanilla", "scratch", "ssl_vf", "ssl_swin", "ssl_cm", "ssl_mg", "ssl_mim", "ssl_ps")
+    assert scale.n_labelled == (2, 8) and scale.repeats == 3 and scale.configuration == "2d"
+    fine_tune = proxy_trainers.nnUNetTrainerProxyMultiEncoderSSL_cpu2d
+    pretrain = proxy_trainers.nnUNetTrainerProxyVolumeFusion_cpu2d
+    assert fine_tune.num_epochs * fine_tune.num_iterations_per_epoch == 500
+    assert pretrain.num_epochs * pretrain.num_iterations_per_epoch == 1000
