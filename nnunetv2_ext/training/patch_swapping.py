@@ -3,22 +3,16 @@ medical image analysis using image context restoration", Medical Image Analysis 
 puts back the patches swapped in pairs (``nnunetv2_ext.pretext.patch_swapping``)."""
 from __future__ import annotations
 
-from typing import Dict, List
-
-import numpy as np
 import torch
 
-from nnunetv2_ext.pretext.patch_swapping import PatchSwappingConfig, identity_mse, restoration_mse, swap_patches
-from nnunetv2_ext.pretext.restoration import mean_intensity_mse
+from nnunetv2_ext.pretext.patch_swapping import PatchSwappingConfig, swap_patches
 from nnunetv2_ext.training.base import DebugScheduleMixin
-from nnunetv2_ext.training.lr_schedules import StepLRScheduler
-from nnunetv2_ext.training.pretext_base import PretextTrainerBase
-from nnunetv2_ext.training.pretext_metrics import pretext_metric
+from nnunetv2_ext.training.pretext_base import RestorationPretextTrainer
 
 __all__ = ["nnUNetTrainerPatchSwapping", "nnUNetTrainerPatchSwapping_debug"]
 
 
-class nnUNetTrainerPatchSwapping(PretextTrainerBase):
+class nnUNetTrainerPatchSwapping(RestorationPretextTrainer):
     """Context restoration (Chen et al. 2019): T pairs of isolated patches of each sample are swapped (the same in
     every channel; T and the patch size of MIS-FM's implementation, scaled to the plans' patch: ``ps_config``) and
     the network (one output per input channel) restores the original, L2 loss over all voxels (``restoration_mse``).
@@ -35,34 +29,11 @@ class nnUNetTrainerPatchSwapping(PretextTrainerBase):
     ps_config = PatchSwappingConfig()
     pretext_name = "Patch swapping"
     validation_hint = "the restoration MSE against its trivial baseline in the log and pretext_metrics.json"
-    # Wang et al. 2023 (MIS-FM) for its baselines, as nnUNetTrainerVolumeFusion: Adam, lr 1e-3, weight decay 1e-5,
-    # the lr halved every 20k iterations (the shorter end of MIS-FM's 20k-50k; their PyMIC config for patch
-    # swapping: 40k)
-    initial_lr = 1e-3
-    weight_decay = 1e-5
-    lr_halving_iterations = 20000
-
-    def _build_loss(self):
-        return restoration_mse
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        halving_epochs = max(1, round(self.lr_halving_iterations / self.num_iterations_per_epoch))
-        return optimizer, StepLRScheduler(optimizer, self.initial_lr, halving_epochs, gamma=0.5)
 
     def pretext_batch(self, data: torch.Tensor, generator: torch.Generator):
         """The images with their patches swapped, and the originals."""
         inputs, target, _ = swap_patches(data, self.ps_config, generator)
         return inputs, target
-
-    def validation_values(self, inputs: torch.Tensor, target: torch.Tensor, output: torch.Tensor) -> dict:
-        return {"mse": float(restoration_mse(output, target)), "identity_mse": float(identity_mse(inputs, target)),
-                "mean_intensity_mse": float(mean_intensity_mse(target))}
-
-    def pretext_metrics(self, values: Dict[str, np.ndarray]) -> List[dict]:
-        baselines = {"identity": values["identity_mse"].mean(), "target mean": values["mean_intensity_mse"].mean()}
-        name = min(baselines, key=baselines.get)
-        return [pretext_metric("restoration MSE", values["mse"].mean(), baselines[name], name, higher_is_better=False)]
 
 
 class nnUNetTrainerPatchSwapping_debug(DebugScheduleMixin, nnUNetTrainerPatchSwapping):

@@ -196,3 +196,46 @@ class PretextTrainerBase(ExtTrainerBase):
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file(f"{self.pretext_name} pretraining: no segmentation validation (the pretext has no "
                                f"labels); see {self.validation_hint}")
+
+
+class MISFMAdamPretextTrainer(PretextTrainerBase):
+    """A pretext trained with MIS-FM's optimiser (Wang et al. 2023, "MIS-FM: 3D Medical Image Segmentation using
+    Foundation Models Pretrained on a Large-Scale Unannotated Dataset", arXiv:2306.16925, sec. 4.1, and the authors'
+    PyMIC configs of its Table 2 baselines): Adam, lr 1e-3, weight decay 1e-5, the lr halved every
+    ``lr_halving_iterations`` (the shorter end of MIS-FM's 20k-50k), as a pure function of the epoch so ``--c``
+    resumes at the right lr."""
+    initial_lr = 1e-3
+    weight_decay = 1e-5
+    lr_halving_iterations = 20000
+
+    def configure_optimizers(self):
+        from nnunetv2_ext.training.lr_schedules import StepLRScheduler
+
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        halving_epochs = max(1, round(self.lr_halving_iterations / self.num_iterations_per_epoch))
+        return optimizer, StepLRScheduler(optimizer, self.initial_lr, halving_epochs, gamma=0.5)
+
+
+class RestorationPretextTrainer(MISFMAdamPretextTrainer):
+    """A restoration pretext (Models Genesis, patch swapping): the network (one output per input channel) returns the
+    original from the corrupted input of :meth:`pretext_batch`, L2 loss over all voxels; validated by the restoration
+    MSE against the stronger trivial baseline on the same batches, returning the corrupted input (the identity) or
+    each image's own mean intensity."""
+
+    def _build_loss(self):
+        from nnunetv2_ext.pretext.restoration import restoration_mse
+
+        return restoration_mse
+
+    def validation_values(self, inputs: torch.Tensor, target: torch.Tensor, output: torch.Tensor) -> dict:
+        from nnunetv2_ext.pretext.restoration import identity_mse, mean_intensity_mse, restoration_mse
+
+        return {"mse": float(restoration_mse(output, target)), "identity_mse": float(identity_mse(inputs, target)),
+                "mean_intensity_mse": float(mean_intensity_mse(target))}
+
+    def pretext_metrics(self, values: Dict[str, np.ndarray]) -> List[dict]:
+        from nnunetv2_ext.training.pretext_metrics import pretext_metric
+
+        baselines = {"identity": values["identity_mse"].mean(), "target mean": values["mean_intensity_mse"].mean()}
+        name = min(baselines, key=baselines.get)
+        return [pretext_metric("restoration MSE", values["mse"].mean(), baselines[name], name, higher_is_better=False)]

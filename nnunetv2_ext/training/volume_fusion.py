@@ -28,8 +28,7 @@ from nnunetv2_ext.pretext.volume_fusion import (
     volume_fusion,
 )
 from nnunetv2_ext.training.base import DebugScheduleMixin
-from nnunetv2_ext.training.lr_schedules import StepLRScheduler
-from nnunetv2_ext.training.pretext_base import PretextTrainerBase
+from nnunetv2_ext.training.pretext_base import MISFMAdamPretextTrainer
 from nnunetv2_ext.training.pretext_metrics import pretext_metric
 
 __all__ = ["nnUNetTrainerVolumeFusion", "nnUNetTrainerVolumeFusion_debug"]
@@ -40,7 +39,7 @@ def volume_fusion_labels(k: int) -> dict:
     return {"background": 0, **{f"alpha_{i}_{k}": i for i in range(1, k + 1)}}
 
 
-class nnUNetTrainerVolumeFusion(PretextTrainerBase):
+class nnUNetTrainerVolumeFusion(MISFMAdamPretextTrainer):
     """Volume Fusion pretraining (Wang et al. 2023, MIS-FM, sec. 3.1): K = 4, M ~ U(10, 40) boxes of 8-40 x 8-80 x
     8-80 voxels at a 64x128x128 sub-volume (scaled to the plans' patch), loss Dice + CE; foreground and background from
     two different scans of the batch, so the per-GPU batch size must be >= 2.
@@ -74,11 +73,6 @@ class nnUNetTrainerVolumeFusion(PretextTrainerBase):
     def pretext_output_channels(cls, num_input_channels: int) -> int:
         """K + 1 outputs (one per fusion level)."""
         return cls.vf_config.k + 1
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        halving_epochs = max(1, round(self.lr_halving_iterations / self.num_iterations_per_epoch))
-        return optimizer, StepLRScheduler(optimizer, self.initial_lr, halving_epochs, gamma=0.5)
 
     def on_train_start(self):
         super().on_train_start()
