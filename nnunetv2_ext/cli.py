@@ -221,6 +221,18 @@ def _proxy_run(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _overview(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.evaluation.overview import write_overview_from_folders
+
+    path = write_overview_from_folders(args.images, args.ref, args.pred, args.model, args.o, case=args.case,
+                                       fold=args.f, overwrite=args.overwrite)
+    print(f"wrote {path}")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default."""
+
+
 ARCHITECTURES = ("multi_encoder",) + BACKBONE_NAMES  # the registry's names (planning.backbones imports no torch)
 
 
@@ -419,6 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_example_data)
+
+    p = sub.add_parser("overview", help="a picture of a trained model on one case: each modality, reference and "
+                       "prediction overlaid (WT/TC/ET) and the training curve", formatter_class=_Formatter)
+    p.add_argument("-i", "--images", required=True, help="the cases' images ({case}_{channel:04d}), e.g. imagesTs")
+    p.add_argument("--ref", required=True, help="reference labels, e.g. labelsTs")
+    p.add_argument("--pred", required=True, help="the model's predictions (nnUNetv2_predict -o)")
+    p.add_argument("-m", "--model", required=True,
+                   help="the model folder ($nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>): its "
+                   "dataset.json names the channels, fold_F/checkpoint_final.pth gives the training curve")
+    p.add_argument("-f", default="0", help="the fold whose training curve is shown")
+    p.add_argument("--case", default=None, help="case id (default: the first prediction)")
+    p.add_argument("-o", required=True, help="PNG to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    p.set_defaults(func=_overview)
     return parser
 
 

@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ import numpy as np
 from nnunetv2_ext.evaluation.metrics import evaluate_folders
 
 METRICS_FILE = "metrics_ext.json"
+CURVE_KEYS = ("train_losses", "val_losses", "mean_fg_dice")  # nnU-Net's per-epoch log in its checkpoints
 TABLE1_METRICS = (("dice", "Av. DSC"), ("accuracy", "ACC"), ("sensitivity", "SE"), ("specificity", "SP"),
                   ("precision", "PRE"), ("hd95_mm", "HD95 (mm)"))
 
@@ -48,6 +50,31 @@ class FoldResult:
         regions = [region] if region else list(self.summary["mean"])
         values = [self.summary["mean"][r].get(metric) for r in regions]
         return nanmean(float("nan") if v is None else v for v in values)
+
+
+def training_curves(runs: Sequence[Tuple[str, str | os.PathLike]]) -> Dict[str, Dict[str, List[float]]]:
+    """Per method, the mean over its runs of nnU-Net's per-epoch curves (``CURVE_KEYS``) from each run's
+    ``checkpoint_final.pth``; runs are ``(method, fold folder)`` pairs. Runs without a final checkpoint are left
+    out."""
+    from nnunetv2_ext.transfer.checkpoint import load_checkpoint_file
+
+    per_method: Dict[str, Dict[str, List[List[float]]]] = defaultdict(lambda: defaultdict(list))
+    for method, folder in runs:
+        path = Path(folder) / "checkpoint_final.pth"
+        if not path.is_file():
+            continue
+        logging = load_checkpoint_file(path).get("logging", {})
+        for key in CURVE_KEYS:
+            values = [float(v) for v in logging.get(key, [])]
+            if values:
+                per_method[method][key].append(values)
+    out: Dict[str, Dict[str, List[float]]] = {}
+    for method, curves in per_method.items():
+        out[method] = {}
+        for key, series in curves.items():
+            n = min(len(s) for s in series)
+            out[method][key] = np.mean([s[:n] for s in series], axis=0).round(5).tolist()
+    return out
 
 
 def nanmean(values: Iterable[Any]) -> float:

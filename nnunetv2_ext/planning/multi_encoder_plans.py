@@ -168,6 +168,34 @@ def adapt_topology_to_patch(config: dict, patch_size: Sequence[int], min_feature
     return config
 
 
+def sized_configuration(config: dict, patch_size: Optional[Sequence[int]] = None, base_features: Optional[int] = None,
+                        max_stages: Optional[int] = None, batch_size: Optional[int] = None,
+                        spacing: Optional[float] = None) -> dict:
+    """A planned configuration resized for a smaller machine (the CPU quickstart, the proxy benchmark's scales):
+    an isotropic ``spacing``, a new patch (topology re-derived by ``adapt_topology_to_patch``), at most
+    ``max_stages`` resolution stages, widths ``base_features * 2**stage`` (capped at nnU-Net's 320) and a batch size.
+    ``None`` keeps the plans' value. Returns a new dict; ``inherits_from`` is dropped, so pass a resolved
+    configuration (``PlansManager.get_configuration(name).configuration``)."""
+    config = copy.deepcopy(config)
+    config.pop("inherits_from", None)
+    if spacing is not None:
+        config["spacing"] = [float(spacing)] * len(config["spacing"])
+    if patch_size is not None:
+        config = adapt_topology_to_patch(config, list(patch_size))
+    kwargs = config["architecture"]["arch_kwargs"]
+    if max_stages is not None and kwargs["n_stages"] > max_stages:
+        n = int(max_stages)
+        encoder_key = "n_blocks_per_stage" if "n_blocks_per_stage" in kwargs else "n_conv_per_stage"
+        kwargs.update(n_stages=n, strides=kwargs["strides"][:n], kernel_sizes=kwargs["kernel_sizes"][:n],
+                      features_per_stage=kwargs["features_per_stage"][:n], **{encoder_key: kwargs[encoder_key][:n]},
+                      n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"][:n - 1])
+    if base_features is not None:
+        kwargs["features_per_stage"] = [min(320, int(base_features) * 2 ** i) for i in range(kwargs["n_stages"])]
+    if batch_size is not None:
+        config["batch_size"] = int(batch_size)
+    return config
+
+
 def apply_preset(plans: dict, preset: dict) -> dict:
     """Apply a preset (JSON from ``plans/``): ``{"configurations": {"3d_fullres": {"patch_size": [...],
     "batch_size": 2}}, "multi_encoder": {...}}``. A patch size change re-derives the topology.

@@ -160,26 +160,11 @@ def plans_names(scale: Scale) -> tuple[str, str]:
 
 
 def proxy_configuration(target_config: dict, scale: Scale) -> dict:
-    """The target dataset's planned configuration with the scale's spacing, patch, stages and widths."""
-    from nnunetv2_ext.planning.multi_encoder_plans import adapt_topology_to_patch
+    """The target dataset's planned configuration with the scale's spacing, patch, stages, widths and batch."""
+    from nnunetv2_ext.planning.multi_encoder_plans import sized_configuration
 
-    config = copy.deepcopy(target_config)
-    config.pop("inherits_from", None)
-    if scale.spacing is not None:
-        config["spacing"] = [float(scale.spacing)] * len(config["spacing"])
-    if scale.patch_size is not None:
-        config = adapt_topology_to_patch(config, list(scale.patch_size))
-    kwargs = config["architecture"]["arch_kwargs"]
-    if scale.max_stages is not None and kwargs["n_stages"] > scale.max_stages:
-        n = scale.max_stages
-        encoder_key = "n_blocks_per_stage" if "n_blocks_per_stage" in kwargs else "n_conv_per_stage"
-        kwargs.update(n_stages=n, strides=kwargs["strides"][:n], kernel_sizes=kwargs["kernel_sizes"][:n],
-                      features_per_stage=kwargs["features_per_stage"][:n], **{encoder_key: kwargs[encoder_key][:n]},
-                      n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"][:n - 1])
-    if scale.base_features is not None:
-        kwargs["features_per_stage"] = [min(320, scale.base_features * 2 ** i) for i in range(kwargs["n_stages"])]
-    config["batch_size"] = int(scale.batch_size)
-    return config
+    return sized_configuration(target_config, scale.patch_size, scale.base_features, scale.max_stages,
+                               scale.batch_size, scale.spacing)
 
 
 def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, scale: Scale) -> None:

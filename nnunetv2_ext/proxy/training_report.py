@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from nnunetv2_ext.evaluation.report import CURVE_KEYS, training_curves  # noqa: F401 (re-exported)
 from nnunetv2_ext.training.pretext_metrics import PRETEXT_METRICS_FILE
-
-CURVE_KEYS = ("train_losses", "val_losses", "mean_fg_dice")
 
 
 def pretext_rows(stages: Sequence[Tuple[str, str, str | os.PathLike]]) -> List[dict]:
@@ -47,31 +45,6 @@ def pretext_markdown(rows: Sequence[dict], labels: Mapping[str, str]) -> str:
                      f"| {r['value']:.4f} | {r['baseline']:.4f} ({r['baseline_name']}) | "
                      f"{'yes' if r['learned'] else '**no**'} | {r['epoch'] + 1} |")
     return "\n".join(lines) + "\n"
-
-
-def training_curves(runs: Sequence[Tuple[str, str | os.PathLike]]) -> Dict[str, Dict[str, List[float]]]:
-    """Per method, the mean over its runs of nnU-Net's per-epoch curves (``CURVE_KEYS``) from each run's
-    ``checkpoint_final.pth``; runs are ``(method, fold folder)`` pairs. Runs without a final checkpoint are left
-    out."""
-    from nnunetv2_ext.transfer.checkpoint import load_checkpoint_file
-
-    per_method: Dict[str, Dict[str, List[List[float]]]] = defaultdict(lambda: defaultdict(list))
-    for method, folder in runs:
-        path = Path(folder) / "checkpoint_final.pth"
-        if not path.is_file():
-            continue
-        logging = load_checkpoint_file(path).get("logging", {})
-        for key in CURVE_KEYS:
-            values = [float(v) for v in logging.get(key, [])]
-            if values:
-                per_method[method][key].append(values)
-    out: Dict[str, Dict[str, List[float]]] = {}
-    for method, curves in per_method.items():
-        out[method] = {}
-        for key, series in curves.items():
-            n = min(len(s) for s in series)
-            out[method][key] = np.mean([s[:n] for s in series], axis=0).round(5).tolist()
-    return out
 
 
 def plot_training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,

@@ -1,5 +1,5 @@
 """What every trainer of this package shares: hyper-parameters as class attributes, nnU-Net's optimiser built from
-them, atomic checkpoints, and the short schedule of the ``_debug`` variants."""
+them, atomic checkpoints, the short schedule of the ``_debug`` variants and the CPU-sized ``_quickstart`` one."""
 from __future__ import annotations
 
 import os
@@ -145,3 +145,34 @@ class DebugScheduleMixin(NoMirroringMixin):
     num_iterations_per_epoch = 4
     num_val_iterations_per_epoch = 2
     save_every = 1
+
+
+class QuickstartScheduleMixin(NoMirroringMixin):
+    """A CPU-sized schedule and network, for the README's quickstart on a 2-core CPU: ``num_epochs`` x
+    ``num_iterations_per_epoch`` steps, and the planned configuration resized by
+    ``nnunetv2_ext.planning.multi_encoder_plans.sized_configuration``: patch ``patch_size`` (topology re-derived as
+    nnU-Net's planner would), widths ``base_features * 2**stage``, at most ``max_stages`` stages; ``None`` keeps
+    the plans' value. The resized plans are what the model folder's ``plans.json`` holds, so ``nnUNetv2_predict``
+    rebuilds the same network. No mirroring (augmentation or test time). Put it first:
+    ``class nnUNetTrainerX_quickstart(QuickstartScheduleMixin, nnUNetTrainerX)``."""
+    num_epochs = 10
+    num_iterations_per_epoch = 25
+    num_val_iterations_per_epoch = 2
+    save_every = 5
+    patch_size = (32, 32, 32)
+    base_features = 8
+    max_stages = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        import copy
+
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunetv2_ext.planning.multi_encoder_plans import sized_configuration
+
+        resolved = PlansManager(plans).get_configuration(configuration).configuration
+        plans = copy.deepcopy(plans)
+        plans["configurations"][configuration] = sized_configuration(
+            resolved, self.patch_size, self.base_features, self.max_stages)
+        super().__init__(plans, configuration, fold, dataset_json, device)

@@ -8,10 +8,11 @@ from torch import nn
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, multi_encoder_architecture
-from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase
+from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase, QuickstartScheduleMixin
 from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encoder_decoder_param_groups, warmup_epochs
 
-__all__ = ["nnUNetTrainerMultiEncoder", "nnUNetTrainerMultiEncoder_debug", "nnUNetTrainerMultiEncoderSSL",
+__all__ = ["nnUNetTrainerMultiEncoder", "nnUNetTrainerMultiEncoder_debug", "nnUNetTrainerMultiEncoder_quickstart",
+           "nnUNetTrainerMultiEncoderSSL",
            "nnUNetTrainerMultiEncoderSSL_debug"]
 
 
@@ -67,6 +68,11 @@ class nnUNetTrainerMultiEncoder(ExtTrainerBase):
 
 class nnUNetTrainerMultiEncoder_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoder):
     """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and the CPU quickstart."""
+
+
+class nnUNetTrainerMultiEncoder_quickstart(QuickstartScheduleMixin, nnUNetTrainerMultiEncoder):
+    """The README's quickstart: the multi-encoder at a CPU size (patch 32^3, widths 8..64) for a few hundred steps,
+    enough to segment the example data (``nnunetv2_ext example-data``) on a 2-core CPU."""
 
 
 class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):

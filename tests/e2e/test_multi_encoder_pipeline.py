@@ -100,6 +100,12 @@ def test_predict_and_evaluate(trained: NnUNetEnv, tmp_path: Path):
     assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "(3,)"}  # whole tumour, tumour core, enhancing
     assert all(0.0 <= v["Dice"] <= 1.0 or np.isnan(v["Dice"]) for v in summary["mean"].values())
 
+    # the quickstart's picture of the same prediction: modalities, overlays and the training curve
+    png = tmp_path / "overview.png"
+    trained.run(console_script("nnunetv2_ext"), "overview", "-i", str(trained.raw / "imagesTs"), "--ref",
+                str(trained.raw / "labelsTs"), "--pred", str(pred), "-m", str(model), "-o", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
 
 def test_find_best_configuration_export_and_install(trained: NnUNetEnv, tmp_path: Path):
     trained.run(console_script("nnUNetv2_find_best_configuration"), str(trained.dataset_id), "-c", "3d_fullres",
