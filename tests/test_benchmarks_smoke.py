@@ -56,3 +56,24 @@ def test_volume_fusion_overhead_cpu_smoke():
     proc = run("volume_fusion_overhead.py", "--device", "cpu", "--patch", "16", "16", "16", "--features", "4", "8",
                "--iters", "2", "--warmup", "1")
     assert "overhead" in proc.stdout and "supervised step" in proc.stdout, proc.stdout
+
+
+def test_quickstart_check_reads_what_the_quickstart_prints():
+    """The quickstart check parses the Dice and time lines examples/quickstart.sh prints (the run itself takes
+    minutes: benchmarks/quickstart_check.py, not CI)."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("quickstart_check", BENCHMARKS / "quickstart_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    script = (BENCHMARKS.parent / "examples" / "quickstart.sh").read_text()
+    assert "whole tumour (WT)" in script and "Time: install" in script
+    out = ("   whole tumour (WT): Dice 0.912  (test cases)\n    tumour core (TC): Dice 0.801  (test cases)\n"
+           "enhancing tumour (ET): Dice 0.755  (test cases)\nTime: install 80 s, data + planning + preprocessing 40 s, "
+           "training 200 s, prediction + evaluation 20 s; total 340 s\n")
+    parsed = check.parse_quickstart_output(out)
+    assert parsed["dice"] == {"WT": 0.912, "TC": 0.801, "ET": 0.755} and parsed["times"]["total_s"] == 340
+    with pytest.raises(ValueError, match="Dice lines"):
+        check.parse_quickstart_output(out.replace("(ET)", "(XX)"))

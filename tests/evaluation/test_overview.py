@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_ext.evaluation.overview import (REGION_COLOURS, case_dice, overlay, tumour_slice,
-                                              write_overview_from_folders)
+from nnunetv2_ext.evaluation.overview import (
+    REGION_COLOURS,
+    case_dice,
+    overlay,
+    tumour_slice,
+    write_overview_from_folders,
+)
 
 
 def test_tumour_slice_is_the_one_with_most_tumour():
