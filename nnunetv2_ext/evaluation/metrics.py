@@ -293,8 +293,8 @@ def _read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return sitk.GetArrayFromImage(image), tuple(float(s) for s in image.GetSpacing()[::-1])
 
 
-def _evaluate_case(args: tuple[str, str, str, dict[str, list[int]]]) -> tuple[str, dict[str, dict[str, float]]]:
-    case, ref_file, pred_file, regions = args
+def _evaluate_case(args: tuple) -> tuple[str, dict[str, dict[str, float]]]:
+    case, ref_file, pred_file, regions, lesion_wise = args
     ref, ref_spacing = _read_label(Path(ref_file))
     pred, pred_spacing = _read_label(Path(pred_file))
     if ref.shape != pred.shape:
@@ -303,7 +303,51 @@ def _evaluate_case(args: tuple[str, str, str, dict[str, list[int]]]) -> tuple[st
     if not np.allclose(ref_spacing, pred_spacing, rtol=1e-3, atol=1e-5):
         raise ValueError(f"case {case}: reference spacing {ref_spacing} differs from prediction spacing "
                          f"{pred_spacing} (numpy order, mm)")
-    return case, case_metrics(ref, pred, ref_spacing, regions)
+    metrics = case_metrics(ref, pred, ref_spacing, regions)
+    if lesion_wise is not None:
+        from nnunetv2_ext.evaluation.lesionwise import lesionwise_metrics
+
+        definition, labels, lw_regions = lesion_wise
+        for region, values in lesionwise_metrics(ref, pred, ref_spacing, definition, labels, lw_regions).items():
+            metrics[region].update(values)
+    return case, metrics
+
+
+def _lesion_wise_setup(lesion_wise: str, lesion_labels: Mapping[str, int] | str | None,
+                       dataset_json: Mapping[str, Any], regions: dict[str, list[int]]
+                       ) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """The lesion-wise job settings and the regions to evaluate (those of the dataset plus the definition's).
+
+    A definition region is evaluated when the dataset declares all its label values (RC needs a label 4). Without
+    ``lesion_labels`` the tissue -> value map is the challenge's own (1 NETC, 2 SNFH, 3 ET, 4 RC) when the dataset's
+    tumour core is (1, 3), else nnU-Net's Dataset137 one (1 SNFH/edema, 2 NETC/necrosis, 3 ET, 4 RC).
+    """
+    from nnunetv2_ext.evaluation.lesionwise import CHALLENGE_LABELS, NNUNET_LABELS, get_definition, region_values
+
+    definition = get_definition(lesion_wise)
+    conventions = {"challenge": CHALLENGE_LABELS, "nnunet": NNUNET_LABELS}
+    if lesion_labels is None:
+        lesion_labels = CHALLENGE_LABELS if sorted(regions.get("TC", [])) == [1, 3] else NNUNET_LABELS
+    elif isinstance(lesion_labels, str):
+        if lesion_labels not in conventions:
+            raise ValueError(f"unknown BraTS label convention {lesion_labels!r}; expected 'challenge' (1 NETC, "
+                             f"2 SNFH, 3 ET, 4 RC) or 'nnunet' (1 SNFH, 2 NETC, 3 ET, 4 RC) (--brats-labels)")
+        lesion_labels = conventions[lesion_labels]
+    declared = {int(v) for name, value in dataset_json["labels"].items() if name != "ignore"
+                for v in np.atleast_1d(value)}
+    wanted = {name: values for name, values in region_values(definition, lesion_labels).items()
+              if set(values) <= declared}
+    if not wanted:
+        raise ValueError(f"the dataset.json declares label values {sorted(declared)}, which hold none of the BraTS "
+                         f"{definition.name} regions {region_values(definition, lesion_labels)}")
+    for name, values in wanted.items():
+        if name in regions and sorted(regions[name]) != values:
+            raise ValueError(f"region {name} is {sorted(regions[name])} in the dataset.json but {values} under the "
+                             f"tissue labels {dict(lesion_labels)}; pass the label convention of the dataset "
+                             f"(--brats-labels challenge|nnunet)")
+    settings = {"definition": definition.name, "source": definition.source, "labels": dict(lesion_labels),
+                "regions": wanted, "metrics": list(definition.metric_names())}
+    return settings, {**regions, **{k: v for k, v in wanted.items() if k not in regions}}
 
 
 def _nan_stats(values: list[float]) -> tuple[float, float]:
@@ -317,7 +361,8 @@ def _nan_stats(values: list[float]) -> tuple[float, float]:
 def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                      dataset_json: Mapping[str, Any] | str | os.PathLike, file_ending: str = ".nii.gz",
                      num_processes: int = 1, output: str | os.PathLike | None = None,
-                     strict: bool = True) -> dict[str, Any]:
+                     strict: bool = True, lesion_wise: str | None = None,
+                     lesion_labels: Mapping[str, int] | str | None = None) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
     Images are read with SimpleITK; the spacing comes from the reference image, reversed to numpy order.
@@ -334,10 +379,20 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
             case x region to the same path with suffix ``.csv``.
         strict: if False, a prediction folder holding fewer files than the reference folder is evaluated on
             the cases it has (e.g. a validation fold); if True every reference case needs a prediction.
+        lesion_wise: a BraTS lesion-wise definition (``'2023'``, ``'2023-MEN'``, ``'2023-MET'``, ``'2024'``, see
+            :mod:`nnunetv2_ext.evaluation.lesionwise`): its scores (``brats_lesion_dice``,
+            ``brats_lesion_hd95_mm``, 2024 also ``brats_lesion_nsd_0.5mm`` / ``_1mm``, lesion counts) are added
+            to each region it defines and the dataset declares (2024: WT, TC, NETC, SNFH, ET and, with a label 4,
+            RC); its regions missing from the dataset.json get the global metrics too.
+        lesion_labels: challenge tissue (NETC, SNFH, ET, RC) -> label value, or ``'challenge'`` / ``'nnunet'``
+            for :data:`~nnunetv2_ext.evaluation.lesionwise.CHALLENGE_LABELS` /
+            :data:`~nnunetv2_ext.evaluation.lesionwise.NNUNET_LABELS`; default: inferred (see
+            :func:`_lesion_wise_setup`).
 
     Returns:
         ``{'cases': {case: {region: {metric: value}}}, 'mean': {region: {metric: mean}},
-        'std': {region: {metric: std}}, 'n_cases': int}``; means and stds skip NaN values.
+        'std': {region: {metric: std}}, 'n_cases': int}`` plus, with ``lesion_wise``, ``'lesion_wise'``: the
+        definition, its source, the tissue labels, the regions and metric names; means and stds skip NaN values.
 
     Raises:
         FileNotFoundError: a folder does not exist.
@@ -350,7 +405,13 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
             raise FileNotFoundError(f"{folder} is not a folder")
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if not isinstance(dataset_json, Mapping):
+        dataset_json = load_json(dataset_json)
     regions = regions_from_dataset_json(dataset_json)
+    lw_settings, lw_job = None, None
+    if lesion_wise is not None:
+        lw_settings, regions = _lesion_wise_setup(lesion_wise, lesion_labels, dataset_json, regions)
+        lw_job = (lw_settings["definition"], lw_settings["labels"], list(lw_settings["regions"]))
 
     def cases_in(folder: Path) -> dict[str, Path]:
         return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
@@ -368,7 +429,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     if not preds:
         raise ValueError(f"no *{file_ending} predictions in {pred_dir}")
 
-    jobs = [(case, str(refs[case]), str(preds[case]), regions) for case in sorted(preds)]
+    jobs = [(case, str(refs[case]), str(preds[case]), regions, lw_job) for case in sorted(preds)]
     if num_processes == 1:
         results = [_evaluate_case(job) for job in jobs]
     else:
@@ -380,11 +441,16 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
 
     mean: dict[str, dict[str, float]] = {}
     std: dict[str, dict[str, float]] = {}
+    lw_names = list(lw_settings["metrics"]) if lw_settings else []
+    columns = [*METRIC_NAMES, *lw_names]
     for region in regions:
         mean[region], std[region] = {}, {}
-        for metric in METRIC_NAMES:
-            mean[region][metric], std[region][metric] = _nan_stats([cases[c][region][metric] for c in cases])
+        for metric in columns:
+            if all(metric in cases[c][region] for c in cases):
+                mean[region][metric], std[region][metric] = _nan_stats([cases[c][region][metric] for c in cases])
     summary = {"cases": cases, "mean": mean, "std": std, "n_cases": len(cases)}
+    if lw_settings:
+        summary["lesion_wise"] = lw_settings
 
     if output is not None:
         output = Path(output)
@@ -392,8 +458,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         atomic_write_json(json_safe(summary), output, overwrite=True)
         with open(output.with_suffix(".csv"), "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["case", "region", *METRIC_NAMES])
+            writer.writerow(["case", "region", *columns])
             for case, per_region in cases.items():
                 for region, metrics in per_region.items():
-                    writer.writerow([case, region, *(metrics[m] for m in METRIC_NAMES)])
+                    writer.writerow([case, region, *(metrics.get(m, "") for m in columns)])
     return summary
