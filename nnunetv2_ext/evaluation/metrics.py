@@ -32,7 +32,8 @@ from nnunetv2_ext.io_utils import atomic_write_json, json_safe, load_json
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
 
 #: Short names for nnU-Net region labels, matched case-insensitively with '_' read as ' '.
-REGION_ALIASES: dict[str, str] = {"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET"}
+REGION_ALIASES: dict[str, str] = {"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET",
+                                  "resection cavity": "RC"}
 
 #: Keys returned per region by :func:`case_metrics`, in the order used for the CSV columns.
 METRIC_NAMES: tuple[str, ...] = (
@@ -260,8 +261,9 @@ def regions_from_dataset_json(dataset_json: Mapping[str, Any] | str | os.PathLik
 
     Region datasets (some label is a list/tuple of more than one value, nnU-Net's own test): one region per
     non-background label, named by :data:`REGION_ALIASES` ('whole tumor' -> 'WT', 'tumor core' -> 'TC',
-    'enhancing tumor' -> 'ET') or else by the label name, with the label values it lists. Other datasets: one
-    region per foreground label, ``{name: [value]}``. The ``ignore`` label is never a region.
+    'enhancing tumor' -> 'ET', 'resection cavity' -> 'RC') or else by the label name, with the label values it
+    lists. Other datasets: one region per foreground label, ``{name: [value]}``. The ``ignore`` label is never a
+    region.
 
     Raises:
         ValueError: there is no ``labels`` dict or it declares no foreground label.
