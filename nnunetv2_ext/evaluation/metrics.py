@@ -315,21 +315,49 @@ def _evaluate_case(args: tuple) -> tuple[str, dict[str, dict[str, float]]]:
     return case, metrics
 
 
+#: Label names (lower case, '_' as ' ') of the necrosis / non-enhancing core and of the edema / SNFH.
+_NETC_NAMES = {"ncr", "netc", "necrosis", "necrotic core", "necrotic tumor core", "non enhancing tumor core",
+               "necrotic and non enhancing tumor core"}
+_SNFH_NAMES = {"ed", "edema", "oedema", "snfh", "peritumoral edema", "surrounding non enhancing flair hyperintensity"}
+
+
+def _infer_brats_labels(dataset_json: Mapping[str, Any], regions: Mapping[str, Sequence[int]]) -> str:
+    """``'challenge'`` (1 NETC, 2 SNFH, 3 ET, 4 RC) or ``'nnunet'`` (Dataset137: 1 SNFH, 2 NETC, 3 ET, 4 RC) from the
+    dataset's tumour-core region ((1, 3) or (2, 3)), else from its label names (e.g. 'NCR': 1 or 'edema': 1), else
+    ``'nnunet'`` when ``convert_brats`` wrote it (``"brats_layout"``).
+
+    Raises:
+        ValueError: none of these tells (pass ``--brats-labels``).
+    """
+    tc = sorted(regions.get("TC", []))
+    if tc in ([1, 3], [2, 3]):
+        return "challenge" if tc == [1, 3] else "nnunet"
+    for name, value in dataset_json["labels"].items():
+        values = [int(v) for v in np.atleast_1d(value)]
+        key = name.strip().lower().replace("_", " ").replace("-", " ")
+        if len(values) == 1 and values[0] in (1, 2) and (key in _NETC_NAMES or key in _SNFH_NAMES):
+            return "challenge" if (values[0] == 1) == (key in _NETC_NAMES) else "nnunet"
+    if "brats_layout" in dataset_json:
+        return "nnunet"
+    raise ValueError(f"cannot tell the BraTS label convention of the dataset.json labels {dict(dataset_json['labels'])}"
+                     f" (no tumour core region (1, 3) or (2, 3), no necrosis or edema label named); pass "
+                     f"--brats-labels challenge (1 NETC, 2 SNFH, 3 ET) or nnunet (1 edema, 2 necrosis, 3 ET)")
+
+
 def _lesion_wise_setup(lesion_wise: str, lesion_labels: Mapping[str, int] | str | None,
                        dataset_json: Mapping[str, Any], regions: dict[str, list[int]]
                        ) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """The lesion-wise job settings and the regions to evaluate (those of the dataset plus the definition's).
 
     A definition region is evaluated when the dataset declares all its label values (RC needs a label 4). Without
-    ``lesion_labels`` the tissue -> value map is the challenge's own (1 NETC, 2 SNFH, 3 ET, 4 RC) when the dataset's
-    tumour core is (1, 3), else nnU-Net's Dataset137 one (1 SNFH/edema, 2 NETC/necrosis, 3 ET, 4 RC).
+    ``lesion_labels`` the convention is read from the dataset.json by :func:`_infer_brats_labels`.
     """
     from nnunetv2_ext.evaluation.lesionwise import CHALLENGE_LABELS, NNUNET_LABELS, get_definition, region_values
 
     definition = get_definition(lesion_wise)
     conventions = {"challenge": CHALLENGE_LABELS, "nnunet": NNUNET_LABELS}
     if lesion_labels is None:
-        lesion_labels = CHALLENGE_LABELS if sorted(regions.get("TC", [])) == [1, 3] else NNUNET_LABELS
+        lesion_labels = conventions[_infer_brats_labels(dataset_json, regions)]
     elif isinstance(lesion_labels, str):
         if lesion_labels not in conventions:
             raise ValueError(f"unknown BraTS label convention {lesion_labels!r}; expected 'challenge' (1 NETC, "
@@ -399,7 +427,9 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     Raises:
         FileNotFoundError: a folder does not exist.
         ValueError: predictions are missing for reference cases (listed), a prediction has no reference,
-            nothing is to be evaluated, or a case's reference and prediction differ in shape (named).
+            nothing is to be evaluated, a case's reference and prediction differ in shape (named), or (with
+            ``lesion_wise``) the definition is unknown, the label convention cannot be told or contradicts the
+            dataset's regions.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     for folder in (ref_dir, pred_dir):

@@ -171,3 +171,20 @@ def test_evaluate_folders_writes_lesion_wise_fields(tmp_path):
     assert s24["cases"]["a"]["SNFH"]["dice"] == 1.0 and "brats_lesion_nsd_0.5mm" in s24["mean"]["SNFH"]
     with pytest.raises(ValueError, match="--brats-labels"):  # its TC is (2, 3), not the challenge's (1, 3)
         evaluate_folders(ref_dir, pred_dir, dataset_json, lesion_wise="2023", lesion_labels="challenge")
+
+
+def test_label_convention_is_read_from_the_dataset_json():
+    from nnunetv2_ext.evaluation.metrics import _infer_brats_labels, regions_from_dataset_json
+
+    def infer(labels, **extra):
+        dataset_json = {"labels": labels, **extra}
+        return _infer_brats_labels(dataset_json, regions_from_dataset_json(dataset_json))
+
+    assert infer({"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}) == "nnunet"
+    assert infer({"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "enhancing tumor": [3]}) \
+        == "challenge"
+    assert infer({"background": 0, "NCR": 1, "ED": 2, "ET": 3}) == "challenge"
+    assert infer({"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}) == "nnunet"
+    assert infer({"background": 0, "a": 1, "b": 2, "c": 3}, brats_layout="gli") == "nnunet"
+    with pytest.raises(ValueError, match="--brats-labels"):
+        infer({"background": 0, "a": 1, "b": 2, "c": 3})
