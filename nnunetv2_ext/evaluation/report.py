@@ -75,10 +75,11 @@ def nansd(values: Iterable[Any]) -> float:
 
 def fold_metrics(fold_dir: str | os.PathLike, gt_dir: str | os.PathLike,
                  dataset_json: Mapping[str, Any] | str | os.PathLike, num_processes: int = 1,
-                 lesion_wise: Optional[str] = None) -> Optional[dict]:
+                 lesion_wise: Optional[str] = None, lesion_labels: Optional[str] = None) -> Optional[dict]:
     """The :func:`~nnunetv2_ext.evaluation.metrics.evaluate_folders` summary of a fold's ``validation/`` predictions,
     cached as ``validation/metrics_ext.json`` and recomputed when a prediction is newer or, with ``lesion_wise`` (a
-    BraTS definition, e.g. ``'2023'``), when the cache holds another or none; None without predictions."""
+    BraTS definition, e.g. ``'2023'``; ``lesion_labels``: ``'challenge'`` / ``'nnunet'``, default read from the
+    dataset.json), when the cache holds another or none; None without predictions."""
     validation = Path(fold_dir) / "validation"
     predictions = sorted(validation.glob("*.nii.gz"))
     if not predictions:
@@ -89,12 +90,13 @@ def fold_metrics(fold_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         if lesion_wise is None or (cached.get("lesion_wise") or {}).get("definition") == lesion_wise:
             return cached
     return evaluate_folders(gt_dir, validation, dataset_json, num_processes=num_processes, output=cache, strict=False,
-                            lesion_wise=lesion_wise)
+                            lesion_wise=lesion_wise, lesion_labels=lesion_labels)
 
 
 def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[str]] = None,
             configuration: Optional[str] = None, gt_dir: str | os.PathLike | None = None,
-            num_processes: int = 1, lesion_wise: Optional[str] = None) -> List[FoldResult]:
+            num_processes: int = 1, lesion_wise: Optional[str] = None,
+            lesion_labels: Optional[str] = None) -> List[FoldResult]:
     """Score every fold's validation predictions under ``$nnUNet_results/DatasetXXX_Name``.
 
     Args:
@@ -103,6 +105,7 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
         configuration: only this configuration (default: all).
         gt_dir: reference segmentations (default ``$nnUNet_preprocessed/<dataset>/gt_segmentations``).
         lesion_wise: a BraTS lesion-wise definition (``'2023'``, ``'2024'``, ...) to score as well.
+        lesion_labels: its label convention, ``'challenge'`` or ``'nnunet'`` (default: read from the dataset.json).
 
     Raises:
         FileNotFoundError: the folder or the references do not exist; ValueError: no fold has predictions.
@@ -122,7 +125,8 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
         if (trainers and trainer not in trainers) or (configuration and config != configuration):
             continue
         for fold_dir in sorted(model.glob("fold_*")):
-            summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes, lesion_wise)
+            summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes, lesion_wise,
+                                   lesion_labels)
             if summary is not None:
                 results.append(FoldResult(model.name, fold_dir.name[len("fold_"):], summary))
     if not results:
@@ -321,13 +325,14 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
                  trainers: Optional[Sequence[str]] = None, configuration: Optional[str] = None,
                  gt_dir: str | os.PathLike | None = None, few_shot_index: str | os.PathLike | None = None,
                  num_processes: int = 1, overwrite: bool = False, lesion_wise: Optional[str] = None,
-                 rank_by: Optional[str] = None) -> Dict[str, Path]:
+                 rank_by: Optional[str] = None, lesion_labels: Optional[str] = None) -> Dict[str, Path]:
     """Write ``table_models.md/.csv`` (Multi-encoder nnU-Net Table 1, folds 0-4 or whatever folds exist outside the
     few-shot ones), ``table_folds.md/.csv`` (BrainSegFounder Table 4) and, if a few-shot index exists (default: the
     ``few_shot_index.json`` beside the dataset's splits_final.json), ``few_shot.md/.csv`` and ``few_shot.png``.
 
-    ``lesion_wise`` (a BraTS definition, e.g. ``'2023'``) adds the challenge's lesion-wise scores to the fold
-    summaries and the models table; ``rank_by`` (see :func:`table_models`) ranks the models table.
+    ``lesion_wise`` (a BraTS definition, e.g. ``'2023'``; its label convention ``lesion_labels``, default read from
+    the dataset.json) adds the challenge's lesion-wise scores to the fold summaries and the models table; ``rank_by``
+    (see :func:`table_models`) ranks the models table.
 
     Raises:
         FileExistsError: ``output_dir`` holds a report and ``overwrite`` is False.
@@ -336,7 +341,7 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
     out = Path(output_dir)
     if (out / "table_models.md").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a report; pass --overwrite to replace it")
-    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes, lesion_wise)
+    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes, lesion_wise, lesion_labels)
     if few_shot_index is None:
         from nnunetv2.paths import nnUNet_preprocessed
         candidate = Path(nnUNet_preprocessed.get() or "") / Path(results_dataset_dir).name / "few_shot_index.json"
