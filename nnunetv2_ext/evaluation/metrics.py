@@ -32,7 +32,8 @@ from nnunetv2_ext.io_utils import atomic_write_json, json_safe, load_json
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
 
 #: Short names for nnU-Net region labels, matched case-insensitively with '_' read as ' '.
-REGION_ALIASES: dict[str, str] = {"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET"}
+REGION_ALIASES: dict[str, str] = {"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET",
+                                  "resection cavity": "RC"}
 
 #: Keys returned per region by :func:`case_metrics`, in the order used for the CSV columns.
 METRIC_NAMES: tuple[str, ...] = (
@@ -260,8 +261,9 @@ def regions_from_dataset_json(dataset_json: Mapping[str, Any] | str | os.PathLik
 
     Region datasets (some label is a list/tuple of more than one value, nnU-Net's own test): one region per
     non-background label, named by :data:`REGION_ALIASES` ('whole tumor' -> 'WT', 'tumor core' -> 'TC',
-    'enhancing tumor' -> 'ET') or else by the label name, with the label values it lists. Other datasets: one
-    region per foreground label, ``{name: [value]}``. The ``ignore`` label is never a region.
+    'enhancing tumor' -> 'ET', 'resection cavity' -> 'RC') or else by the label name, with the label values it
+    lists. Other datasets: one region per foreground label, ``{name: [value]}``. The ``ignore`` label is never a
+    region.
 
     Raises:
         ValueError: there is no ``labels`` dict or it declares no foreground label.
@@ -293,8 +295,8 @@ def _read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return sitk.GetArrayFromImage(image), tuple(float(s) for s in image.GetSpacing()[::-1])
 
 
-def _evaluate_case(args: tuple[str, str, str, dict[str, list[int]]]) -> tuple[str, dict[str, dict[str, float]]]:
-    case, ref_file, pred_file, regions = args
+def _evaluate_case(args: tuple) -> tuple[str, dict[str, dict[str, float]]]:
+    case, ref_file, pred_file, regions, lesion_wise = args
     ref, ref_spacing = _read_label(Path(ref_file))
     pred, pred_spacing = _read_label(Path(pred_file))
     if ref.shape != pred.shape:
@@ -303,7 +305,79 @@ def _evaluate_case(args: tuple[str, str, str, dict[str, list[int]]]) -> tuple[st
     if not np.allclose(ref_spacing, pred_spacing, rtol=1e-3, atol=1e-5):
         raise ValueError(f"case {case}: reference spacing {ref_spacing} differs from prediction spacing "
                          f"{pred_spacing} (numpy order, mm)")
-    return case, case_metrics(ref, pred, ref_spacing, regions)
+    metrics = case_metrics(ref, pred, ref_spacing, regions)
+    if lesion_wise is not None:
+        from nnunetv2_ext.evaluation.lesionwise import lesionwise_metrics
+
+        definition, labels, lw_regions = lesion_wise
+        for region, values in lesionwise_metrics(ref, pred, ref_spacing, definition, labels, lw_regions).items():
+            metrics[region].update(values)
+    return case, metrics
+
+
+#: Label names (lower case, '_' as ' ') of the necrosis / non-enhancing core and of the edema / SNFH.
+_NETC_NAMES = {"ncr", "netc", "necrosis", "necrotic core", "necrotic tumor core", "non enhancing tumor core",
+               "necrotic and non enhancing tumor core"}
+_SNFH_NAMES = {"ed", "edema", "oedema", "snfh", "peritumoral edema", "surrounding non enhancing flair hyperintensity"}
+
+
+def _infer_brats_labels(dataset_json: Mapping[str, Any], regions: Mapping[str, Sequence[int]]) -> str:
+    """``'challenge'`` (1 NETC, 2 SNFH, 3 ET, 4 RC) or ``'nnunet'`` (Dataset137: 1 SNFH, 2 NETC, 3 ET, 4 RC) from the
+    dataset's tumour-core region ((1, 3) or (2, 3)), else from its label names (e.g. 'NCR': 1 or 'edema': 1), else
+    ``'nnunet'`` when ``convert_brats`` wrote it (``"brats_layout"``).
+
+    Raises:
+        ValueError: none of these tells (pass ``--brats-labels``).
+    """
+    tc = sorted(regions.get("TC", []))
+    if tc in ([1, 3], [2, 3]):
+        return "challenge" if tc == [1, 3] else "nnunet"
+    for name, value in dataset_json["labels"].items():
+        values = [int(v) for v in np.atleast_1d(value)]
+        key = name.strip().lower().replace("_", " ").replace("-", " ")
+        if len(values) == 1 and values[0] in (1, 2) and (key in _NETC_NAMES or key in _SNFH_NAMES):
+            return "challenge" if (values[0] == 1) == (key in _NETC_NAMES) else "nnunet"
+    if "brats_layout" in dataset_json:
+        return "nnunet"
+    raise ValueError(f"cannot tell the BraTS label convention of the dataset.json labels {dict(dataset_json['labels'])}"
+                     f" (no tumour core region (1, 3) or (2, 3), no necrosis or edema label named); pass "
+                     f"--brats-labels challenge (1 NETC, 2 SNFH, 3 ET) or nnunet (1 edema, 2 necrosis, 3 ET)")
+
+
+def _lesion_wise_setup(lesion_wise: str, lesion_labels: Mapping[str, int] | str | None,
+                       dataset_json: Mapping[str, Any], regions: dict[str, list[int]]
+                       ) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """The lesion-wise job settings and the regions to evaluate (those of the dataset plus the definition's).
+
+    A definition region is evaluated when the dataset declares all its label values (RC needs a label 4). Without
+    ``lesion_labels`` the convention is read from the dataset.json by :func:`_infer_brats_labels`.
+    """
+    from nnunetv2_ext.evaluation.lesionwise import CHALLENGE_LABELS, NNUNET_LABELS, get_definition, region_values
+
+    definition = get_definition(lesion_wise)
+    conventions = {"challenge": CHALLENGE_LABELS, "nnunet": NNUNET_LABELS}
+    if lesion_labels is None:
+        lesion_labels = conventions[_infer_brats_labels(dataset_json, regions)]
+    elif isinstance(lesion_labels, str):
+        if lesion_labels not in conventions:
+            raise ValueError(f"unknown BraTS label convention {lesion_labels!r}; expected 'challenge' (1 NETC, "
+                             f"2 SNFH, 3 ET, 4 RC) or 'nnunet' (1 SNFH, 2 NETC, 3 ET, 4 RC) (--brats-labels)")
+        lesion_labels = conventions[lesion_labels]
+    declared = {int(v) for name, value in dataset_json["labels"].items() if name != "ignore"
+                for v in np.atleast_1d(value)}
+    wanted = {name: values for name, values in region_values(definition, lesion_labels).items()
+              if set(values) <= declared}
+    if not wanted:
+        raise ValueError(f"the dataset.json declares label values {sorted(declared)}, which hold none of the BraTS "
+                         f"{definition.name} regions {region_values(definition, lesion_labels)}")
+    for name, values in wanted.items():
+        if name in regions and sorted(regions[name]) != values:
+            raise ValueError(f"region {name} is {sorted(regions[name])} in the dataset.json but {values} under the "
+                             f"tissue labels {dict(lesion_labels)}; pass the label convention of the dataset "
+                             f"(--brats-labels challenge|nnunet)")
+    settings = {"definition": definition.name, "source": definition.source, "labels": dict(lesion_labels),
+                "regions": wanted, "metrics": list(definition.metric_names())}
+    return settings, {**regions, **{k: v for k, v in wanted.items() if k not in regions}}
 
 
 def _nan_stats(values: list[float]) -> tuple[float, float]:
@@ -317,7 +391,8 @@ def _nan_stats(values: list[float]) -> tuple[float, float]:
 def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                      dataset_json: Mapping[str, Any] | str | os.PathLike, file_ending: str = ".nii.gz",
                      num_processes: int = 1, output: str | os.PathLike | None = None,
-                     strict: bool = True) -> dict[str, Any]:
+                     strict: bool = True, lesion_wise: str | None = None,
+                     lesion_labels: Mapping[str, int] | str | None = None) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
     Images are read with SimpleITK; the spacing comes from the reference image, reversed to numpy order.
@@ -334,15 +409,27 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
             case x region to the same path with suffix ``.csv``.
         strict: if False, a prediction folder holding fewer files than the reference folder is evaluated on
             the cases it has (e.g. a validation fold); if True every reference case needs a prediction.
+        lesion_wise: a BraTS lesion-wise definition (``'2023'``, ``'2023-MEN'``, ``'2023-MET'``, ``'2024'``, see
+            :mod:`nnunetv2_ext.evaluation.lesionwise`): its scores (``brats_lesion_dice``,
+            ``brats_lesion_hd95_mm``, 2024 also ``brats_lesion_nsd_0.5mm`` / ``_1mm``, lesion counts) are added
+            to each region it defines and the dataset declares (2024: WT, TC, NETC, SNFH, ET and, with a label 4,
+            RC); its regions missing from the dataset.json get the global metrics too.
+        lesion_labels: challenge tissue (NETC, SNFH, ET, RC) -> label value, or ``'challenge'`` / ``'nnunet'``
+            for :data:`~nnunetv2_ext.evaluation.lesionwise.CHALLENGE_LABELS` /
+            :data:`~nnunetv2_ext.evaluation.lesionwise.NNUNET_LABELS`; default: inferred (see
+            :func:`_lesion_wise_setup`).
 
     Returns:
         ``{'cases': {case: {region: {metric: value}}}, 'mean': {region: {metric: mean}},
-        'std': {region: {metric: std}}, 'n_cases': int}``; means and stds skip NaN values.
+        'std': {region: {metric: std}}, 'n_cases': int}`` plus, with ``lesion_wise``, ``'lesion_wise'``: the
+        definition, its source, the tissue labels, the regions and metric names; means and stds skip NaN values.
 
     Raises:
         FileNotFoundError: a folder does not exist.
         ValueError: predictions are missing for reference cases (listed), a prediction has no reference,
-            nothing is to be evaluated, or a case's reference and prediction differ in shape (named).
+            nothing is to be evaluated, a case's reference and prediction differ in shape (named), or (with
+            ``lesion_wise``) the definition is unknown, the label convention cannot be told or contradicts the
+            dataset's regions.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     for folder in (ref_dir, pred_dir):
@@ -350,7 +437,13 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
             raise FileNotFoundError(f"{folder} is not a folder")
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if not isinstance(dataset_json, Mapping):
+        dataset_json = load_json(dataset_json)
     regions = regions_from_dataset_json(dataset_json)
+    lw_settings, lw_job = None, None
+    if lesion_wise is not None:
+        lw_settings, regions = _lesion_wise_setup(lesion_wise, lesion_labels, dataset_json, regions)
+        lw_job = (lw_settings["definition"], lw_settings["labels"], list(lw_settings["regions"]))
 
     def cases_in(folder: Path) -> dict[str, Path]:
         return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
@@ -368,7 +461,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     if not preds:
         raise ValueError(f"no *{file_ending} predictions in {pred_dir}")
 
-    jobs = [(case, str(refs[case]), str(preds[case]), regions) for case in sorted(preds)]
+    jobs = [(case, str(refs[case]), str(preds[case]), regions, lw_job) for case in sorted(preds)]
     if num_processes == 1:
         results = [_evaluate_case(job) for job in jobs]
     else:
@@ -380,11 +473,16 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
 
     mean: dict[str, dict[str, float]] = {}
     std: dict[str, dict[str, float]] = {}
+    lw_names = list(lw_settings["metrics"]) if lw_settings else []
+    columns = [*METRIC_NAMES, *lw_names]
     for region in regions:
         mean[region], std[region] = {}, {}
-        for metric in METRIC_NAMES:
-            mean[region][metric], std[region][metric] = _nan_stats([cases[c][region][metric] for c in cases])
+        for metric in columns:
+            if all(metric in cases[c][region] for c in cases):
+                mean[region][metric], std[region][metric] = _nan_stats([cases[c][region][metric] for c in cases])
     summary = {"cases": cases, "mean": mean, "std": std, "n_cases": len(cases)}
+    if lw_settings:
+        summary["lesion_wise"] = lw_settings
 
     if output is not None:
         output = Path(output)
@@ -392,8 +490,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         atomic_write_json(json_safe(summary), output, overwrite=True)
         with open(output.with_suffix(".csv"), "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["case", "region", *METRIC_NAMES])
+            writer.writerow(["case", "region", *columns])
             for case, per_region in cases.items():
                 for region, metrics in per_region.items():
-                    writer.writerow([case, region, *(metrics[m] for m in METRIC_NAMES)])
+                    writer.writerow([case, region, *(metrics.get(m, "") for m in columns)])
     return summary

@@ -7,7 +7,9 @@ docs/references.md.
 
 Each fold's ``validation/`` predictions are scored once with :func:`nnunetv2_ext.evaluation.metrics.evaluate_folders`
 against nnU-Net's ``gt_segmentations``; the result is cached as ``validation/metrics_ext.json`` and recomputed when
-a prediction is newer than it.
+a prediction is newer than it or it lacks the BraTS lesion-wise definition asked for. With one, the models table also
+holds the lesion-wise Dice and HD95 (:mod:`nnunetv2_ext.evaluation.lesionwise`), and models can be ranked by any
+metric (mean over regions, or one region).
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ METRICS_FILE = "metrics_ext.json"
 CURVE_KEYS = ("train_losses", "val_losses", "mean_fg_dice")  # nnU-Net's per-epoch log in its checkpoints
 TABLE1_METRICS = (("dice", "Av. DSC"), ("accuracy", "ACC"), ("sensitivity", "SE"), ("specificity", "SP"),
                   ("precision", "PRE"), ("hd95_mm", "HD95 (mm)"))
+#: BraTS lesion-wise columns of the models table, when the summaries hold them (the challenge's ranking metrics).
+LESIONWISE_COLUMNS = (("brats_lesion_dice", "LW DSC"), ("brats_lesion_hd95_mm", "LW HD95 (mm)"))
+#: Metric name fragments for which lower is better when ranking.
+LOWER_IS_BETTER = ("hd95", "assd", "diff", "_fp", "_fn", "_ignored")
 
 #: A point of :func:`plot_curves`: ``(x, mean, sd)``; a line: ``(label, points)``; a panel: ``(title, lines)``.
 CurvePoint = Tuple[float, float, float]
@@ -48,7 +54,7 @@ class FoldResult:
     def mean(self, metric: str, region: Optional[str] = None) -> float:
         """Mean over cases of one region, or over cases and regions (:func:`nanmean`; a missing value is NaN)."""
         regions = [region] if region else list(self.summary["mean"])
-        values = [self.summary["mean"][r].get(metric) for r in regions]
+        values = [self.summary["mean"].get(r, {}).get(metric) for r in regions]
         return nanmean(float("nan") if v is None else v for v in values)
 
 
@@ -95,22 +101,29 @@ def nansd(values: Iterable[Any]) -> float:
 
 
 def fold_metrics(fold_dir: str | os.PathLike, gt_dir: str | os.PathLike,
-                 dataset_json: Mapping[str, Any] | str | os.PathLike, num_processes: int = 1) -> Optional[dict]:
+                 dataset_json: Mapping[str, Any] | str | os.PathLike, num_processes: int = 1,
+                 lesion_wise: Optional[str] = None, lesion_labels: Optional[str] = None) -> Optional[dict]:
     """The :func:`~nnunetv2_ext.evaluation.metrics.evaluate_folders` summary of a fold's ``validation/`` predictions,
-    cached as ``validation/metrics_ext.json`` and recomputed when a prediction is newer; None without predictions."""
+    cached as ``validation/metrics_ext.json`` and recomputed when a prediction is newer or, with ``lesion_wise`` (a
+    BraTS definition, e.g. ``'2023'``; ``lesion_labels``: ``'challenge'`` / ``'nnunet'``, default read from the
+    dataset.json), when the cache holds another or none; None without predictions."""
     validation = Path(fold_dir) / "validation"
     predictions = sorted(validation.glob("*.nii.gz"))
     if not predictions:
         return None
     cache = validation / METRICS_FILE
     if cache.is_file() and cache.stat().st_mtime >= max(p.stat().st_mtime for p in predictions):
-        return json.loads(cache.read_text())
-    return evaluate_folders(gt_dir, validation, dataset_json, num_processes=num_processes, output=cache, strict=False)
+        cached = json.loads(cache.read_text())
+        if lesion_wise is None or (cached.get("lesion_wise") or {}).get("definition") == lesion_wise:
+            return cached
+    return evaluate_folders(gt_dir, validation, dataset_json, num_processes=num_processes, output=cache, strict=False,
+                            lesion_wise=lesion_wise, lesion_labels=lesion_labels)
 
 
 def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[str]] = None,
             configuration: Optional[str] = None, gt_dir: str | os.PathLike | None = None,
-            num_processes: int = 1) -> List[FoldResult]:
+            num_processes: int = 1, lesion_wise: Optional[str] = None,
+            lesion_labels: Optional[str] = None) -> List[FoldResult]:
     """Score every fold's validation predictions under ``$nnUNet_results/DatasetXXX_Name``.
 
     Args:
@@ -118,6 +131,8 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
         trainers: only these trainer names (default: all).
         configuration: only this configuration (default: all).
         gt_dir: reference segmentations (default ``$nnUNet_preprocessed/<dataset>/gt_segmentations``).
+        lesion_wise: a BraTS lesion-wise definition (``'2023'``, ``'2024'``, ...) to score as well.
+        lesion_labels: its label convention, ``'challenge'`` or ``'nnunet'`` (default: read from the dataset.json).
 
     Raises:
         FileNotFoundError: the folder or the references do not exist; ValueError: no fold has predictions.
@@ -137,7 +152,8 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
         if (trainers and trainer not in trainers) or (configuration and config != configuration):
             continue
         for fold_dir in sorted(model.glob("fold_*")):
-            summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes)
+            summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes, lesion_wise,
+                                   lesion_labels)
             if summary is not None:
                 results.append(FoldResult(model.name, fold_dir.name[len("fold_"):], summary))
     if not results:
@@ -149,10 +165,35 @@ def _fold_sort_key(fold: str):
     return (0, int(fold)) if fold.isdigit() else (1, fold)
 
 
-def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None) -> List[Dict]:
+def _has_metric(run: FoldResult, metric: str) -> bool:
+    return any(metric in per_region for per_region in run.summary["mean"].values())
+
+
+def parse_rank_by(rank_by: str) -> Tuple[str, Optional[str], bool]:
+    """``'metric'`` or ``'metric:REGION'`` -> ``(metric, region or None, lower_is_better)``; lower is better for
+    names holding one of :data:`LOWER_IS_BETTER` (distances, differences, lesion FP / FN counts)."""
+    metric, _, region = rank_by.partition(":")
+    return metric, region or None, any(part in metric for part in LOWER_IS_BETTER)
+
+
+def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None,
+                 rank_by: Optional[str] = None) -> List[Dict]:
     """Taheri Otaghsara et al. 2025 (Multi-encoder nnU-Net) Table 1: one row per model, metrics averaged over regions,
-    cases and the given folds."""
+    cases and the given folds; with BraTS lesion-wise scores in the summaries also ``LW DSC``, ``LW HD95 (mm)``
+    and ``LW DSC <region>``.
+
+    Args:
+        results: the folds' results.
+        folds: only these folds (default all).
+        rank_by: ``'metric'`` (mean over regions) or ``'metric:REGION'``, e.g. ``'brats_lesion_dice'`` or
+            ``'brats_lesion_hd95_mm:ET'``: rows sorted best first (NaN last) with ``rank`` (ties share the better
+            rank) and the value ranked by as columns.
+
+    Raises:
+        ValueError: ``rank_by`` names a metric or region no summary holds.
+    """
     rows = []
+    lesion_wise = any(_has_metric(r, LESIONWISE_COLUMNS[0][0]) for r in results)
     for model in dict.fromkeys(r.model for r in results):
         runs = [r for r in results if r.model == model and (folds is None or r.fold in folds)]
         if not runs:
@@ -162,8 +203,31 @@ def table_models(results: Sequence[FoldResult], folds: Optional[Sequence[str]] =
             row[label] = nanmean(r.mean(metric) for r in runs)
         for region in runs[0].summary["mean"]:
             row[f"DSC {region}"] = nanmean(r.mean("dice", region) for r in runs)
+        if lesion_wise:
+            for metric, label in LESIONWISE_COLUMNS:
+                row[label] = nanmean(r.mean(metric) for r in runs)
+            for region in runs[0].summary["mean"]:
+                row[f"LW DSC {region}"] = nanmean(r.mean(LESIONWISE_COLUMNS[0][0], region) for r in runs)
         rows.append(row)
-    return rows
+    if rank_by is None:
+        return rows
+    metric, region, lower = parse_rank_by(rank_by)
+    if not any(_has_metric(r, metric) and (region is None or metric in r.summary["mean"].get(region, {}))
+               for r in results):
+        known = sorted({m for r in results for per_region in r.summary["mean"].values() for m in per_region})
+        regions = sorted({g for r in results for g in r.summary["mean"]})
+        raise ValueError(f"--rank-by {rank_by!r}: no result holds {metric!r}{f' for region {region}' if region else ''}"
+                         f"; metrics: {known}, regions: {regions} (lesion-wise metrics need --brats)")
+    for row in rows:
+        runs = [r for r in results if r.model == row["model"] and (folds is None or r.fold in folds)]
+        row["ranked by"] = nanmean(r.mean(metric, region) for r in runs)
+    worst = float("inf")
+    rows.sort(key=lambda row: (worst if np.isnan(row["ranked by"]) else (row["ranked by"] if lower
+                                                                          else -row["ranked by"])))
+    for i, row in enumerate(rows):
+        tied = i > 0 and row["ranked by"] == rows[i - 1]["ranked by"]
+        row["rank"] = rows[i - 1]["rank"] if tied else i + 1
+    return [{"rank": row.pop("rank"), rank_by: row.pop("ranked by"), **row} for row in rows]
 
 
 def table_folds(results: Sequence[FoldResult], folds: Optional[Sequence[str]] = None) -> List[Dict]:
@@ -287,19 +351,24 @@ def write_table(rows: Sequence[dict], stem: str | os.PathLike) -> None:
 def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
                  trainers: Optional[Sequence[str]] = None, configuration: Optional[str] = None,
                  gt_dir: str | os.PathLike | None = None, few_shot_index: str | os.PathLike | None = None,
-                 num_processes: int = 1, overwrite: bool = False) -> Dict[str, Path]:
+                 num_processes: int = 1, overwrite: bool = False, lesion_wise: Optional[str] = None,
+                 rank_by: Optional[str] = None, lesion_labels: Optional[str] = None) -> Dict[str, Path]:
     """Write ``table_models.md/.csv`` (Multi-encoder nnU-Net Table 1, folds 0-4 or whatever folds exist outside the
     few-shot ones), ``table_folds.md/.csv`` (BrainSegFounder Table 4) and, if a few-shot index exists (default: the
     ``few_shot_index.json`` beside the dataset's splits_final.json), ``few_shot.md/.csv`` and ``few_shot.png``.
 
+    ``lesion_wise`` (a BraTS definition, e.g. ``'2023'``; its label convention ``lesion_labels``, default read from
+    the dataset.json) adds the challenge's lesion-wise scores to the fold summaries and the models table; ``rank_by``
+    (see :func:`table_models`) ranks the models table.
+
     Raises:
         FileExistsError: ``output_dir`` holds a report and ``overwrite`` is False.
+        ValueError: ``rank_by`` names a metric the summaries lack.
     """
     out = Path(output_dir)
     if (out / "table_models.md").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a report; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes)
+    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes, lesion_wise, lesion_labels)
     if few_shot_index is None:
         from nnunetv2.paths import nnUNet_preprocessed
         candidate = Path(nnUNet_preprocessed.get() or "") / Path(results_dataset_dir).name / "few_shot_index.json"
@@ -307,8 +376,10 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
     index = json.loads(Path(few_shot_index).read_text()) if few_shot_index else []
     few_shot_folds = {str(e["fold"]) for e in index}
     standard_folds = sorted({r.fold for r in results} - few_shot_folds, key=_fold_sort_key)
+    models = table_models(results, standard_folds, rank_by)  # a bad --rank-by fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     written = {}
-    write_table(table_models(results, standard_folds), out / "table_models")
+    write_table(models, out / "table_models")
     write_table(table_folds(results, standard_folds), out / "table_folds")
     written.update(table_models=out / "table_models.md", table_folds=out / "table_folds.md")
     if index:

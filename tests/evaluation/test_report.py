@@ -49,3 +49,53 @@ def test_few_shot_curve_mean_and_sd_over_repeats(results, tmp_path):
     assert not [r for r in rows if r["model"] == "B__P__3d_fullres"]  # B has no few-shot folds
     png = plot_few_shot(rows, tmp_path / "few_shot.png")
     assert png.stat().st_size > 5000
+
+
+def _lw_result(model: str, lw_dice: dict, lw_hd95: float) -> FoldResult:
+    mean = {region: {"dice": 0.5, "hd95_mm": 2.0, "brats_lesion_dice": d, "brats_lesion_hd95_mm": lw_hd95}
+            for region, d in lw_dice.items()}
+    return FoldResult(model, "0", {"mean": mean, "cases": {}, "std": {}, "n_cases": 1})
+
+
+def test_models_table_ranks_by_lesion_wise_metrics():
+    results = [_lw_result("A__P__c", {"WT": 0.9, "ET": 0.5}, 10.0), _lw_result("B__P__c", {"WT": 0.8, "ET": 0.8}, 5.0),
+               _lw_result("C__P__c", {"WT": 0.1, "ET": float("nan")}, 50.0)]
+    rows = table_models(results, rank_by="brats_lesion_dice")
+    assert [r["model"] for r in rows] == ["B__P__c", "A__P__c", "C__P__c"] and [r["rank"] for r in rows] == [1, 2, 3]
+    assert rows[0]["brats_lesion_dice"] == pytest.approx(0.8) and rows[0]["LW DSC ET"] == pytest.approx(0.8)
+    assert rows[1]["LW HD95 (mm)"] == pytest.approx(10.0)
+    by_wt = table_models(results, rank_by="brats_lesion_dice:WT")
+    assert [r["model"] for r in by_wt] == ["A__P__c", "B__P__c", "C__P__c"]
+    by_hd = table_models(results, rank_by="brats_lesion_hd95_mm")  # lower is better
+    assert [r["model"] for r in by_hd] == ["B__P__c", "A__P__c", "C__P__c"]
+    by_et = table_models(results, rank_by="brats_lesion_dice:ET")  # C's NaN ranks last
+    assert by_et[-1]["model"] == "C__P__c" and math.isnan(by_et[-1]["brats_lesion_dice:ET"])
+    assert "LW DSC" not in table_models([_result("A__P__c", "0", 0.9, 0.8, 0.7)])[0]
+    with pytest.raises(ValueError, match="--brats"):
+        table_models([_result("A__P__c", "0", 0.9, 0.8, 0.7)], rank_by="brats_lesion_dice")
+
+
+def test_fold_metrics_rescores_when_the_lesion_wise_definition_changes(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunetv2_ext.evaluation.report import METRICS_FILE, fold_metrics
+
+    gt, validation = tmp_path / "gt", tmp_path / "fold_0" / "validation"
+    gt.mkdir()
+    validation.mkdir(parents=True)
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[2:8, 2:8, 2:8] = 1
+    label[3:6, 3:6, 3:6] = 3
+    for folder in (gt, validation):
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / "a.nii.gz"))
+    dataset_json = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
+                               "enhancing tumor": [3]}, "regions_class_order": [1, 2, 3], "file_ending": ".nii.gz"}
+    plain = fold_metrics(tmp_path / "fold_0", gt, dataset_json)
+    assert "lesion_wise" not in plain
+    scored = fold_metrics(tmp_path / "fold_0", gt, dataset_json, lesion_wise="2023")
+    assert scored["lesion_wise"]["definition"] == "2023" and scored["mean"]["ET"]["brats_lesion_dice"] == 1.0
+    stamp = (validation / METRICS_FILE).stat().st_mtime_ns
+    assert fold_metrics(tmp_path / "fold_0", gt, dataset_json, lesion_wise="2023")["lesion_wise"]
+    assert fold_metrics(tmp_path / "fold_0", gt, dataset_json)["lesion_wise"]  # a richer cache serves plain calls
+    assert (validation / METRICS_FILE).stat().st_mtime_ns == stamp
