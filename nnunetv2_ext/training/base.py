@@ -137,7 +137,33 @@ class NoMirroringMixin(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, None
 
 
-class DebugScheduleMixin(NoMirroringMixin):
+class SizedPlansMixin(nnUNetTrainer):
+    """The planned configuration resized by ``nnunetv2_ext.planning.multi_encoder_plans.sized_configuration`` before
+    nnU-Net builds anything from it: patch ``patch_size`` (topology re-derived as nnU-Net's planner would), widths
+    ``base_features * 2**stage``, at most ``max_stages`` stages; ``None`` (the default) keeps the plans' value. The
+    resized plans are what the model folder's ``plans.json`` holds, so ``nnUNetv2_predict`` rebuilds the same
+    network. For U-Net plans (``features_per_stage``, ``n_stages``): the multi-encoder's and nnU-Net's own."""
+    patch_size = None
+    base_features = None
+    max_stages = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        if (self.patch_size, self.base_features, self.max_stages) != (None, None, None):
+            import copy
+
+            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+            from nnunetv2_ext.planning.multi_encoder_plans import sized_configuration
+
+            resolved = PlansManager(plans).get_configuration(configuration).configuration
+            plans = copy.deepcopy(plans)
+            plans["configurations"][configuration] = sized_configuration(
+                resolved, self.patch_size, self.base_features, self.max_stages)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+
+class DebugScheduleMixin(SizedPlansMixin, NoMirroringMixin):
     """The ``_debug`` variants' schedule: 3 epochs of 4 iterations, 2 validation iterations, a checkpoint every
     epoch, no mirroring (augmentation or test time): smoke tests, dry runs and CPU examples. Put it first:
     ``class nnUNetTrainerX_debug(DebugScheduleMixin, nnUNetTrainerX)``."""
@@ -147,13 +173,16 @@ class DebugScheduleMixin(NoMirroringMixin):
     save_every = 1
 
 
-class QuickstartScheduleMixin(NoMirroringMixin):
+class NarrowDebugScheduleMixin(DebugScheduleMixin):
+    """The ``_debug`` schedule at widths 8, 16, 32, ... (the plans' patch and stages): the multi-encoder family's
+    debug variants, whose four full-width encoders would make every smoke test 5x slower on a CPU."""
+    base_features = 8
+
+
+class QuickstartScheduleMixin(SizedPlansMixin, NoMirroringMixin):
     """A CPU-sized schedule and network, for the README's quickstart on a 2-core CPU: ``num_epochs`` x
-    ``num_iterations_per_epoch`` steps, and the planned configuration resized by
-    ``nnunetv2_ext.planning.multi_encoder_plans.sized_configuration``: patch ``patch_size`` (topology re-derived as
-    nnU-Net's planner would), widths ``base_features * 2**stage``, at most ``max_stages`` stages; ``None`` keeps
-    the plans' value. The resized plans are what the model folder's ``plans.json`` holds, so ``nnUNetv2_predict``
-    rebuilds the same network. No mirroring (augmentation or test time). Put it first:
+    ``num_iterations_per_epoch`` steps at patch ``patch_size`` and widths ``base_features * 2**stage``
+    (``SizedPlansMixin``). No mirroring (augmentation or test time). Put it first:
     ``class nnUNetTrainerX_quickstart(QuickstartScheduleMixin, nnUNetTrainerX)``."""
     num_epochs = 10
     num_iterations_per_epoch = 25
@@ -161,18 +190,3 @@ class QuickstartScheduleMixin(NoMirroringMixin):
     save_every = 5
     patch_size = (32, 32, 32)
     base_features = 8
-    max_stages = None
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        import copy
-
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from nnunetv2_ext.planning.multi_encoder_plans import sized_configuration
-
-        resolved = PlansManager(plans).get_configuration(configuration).configuration
-        plans = copy.deepcopy(plans)
-        plans["configurations"][configuration] = sized_configuration(
-            resolved, self.patch_size, self.base_features, self.max_stages)
-        super().__init__(plans, configuration, fold, dataset_json, device)

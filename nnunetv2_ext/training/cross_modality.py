@@ -18,7 +18,7 @@ from nnunetv2_ext.pretext.cross_modality import (
     split_modalities,
     ssim3d,
 )
-from nnunetv2_ext.training.base import DebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.pretext_base import PretextTrainerBase
 from nnunetv2_ext.training.pretext_metrics import pretext_metric
 
@@ -94,5 +94,5 @@ class nnUNetTrainerCrossModality(PretextTrainerBase):
                 f"SSIM {values['ssim'].mean():.4f} (shown as 'Pseudo dice')")
 
 
-class nnUNetTrainerCrossModality_debug(DebugScheduleMixin, nnUNetTrainerCrossModality):
+class nnUNetTrainerCrossModality_debug(NarrowDebugScheduleMixin, nnUNetTrainerCrossModality):
     """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""

@@ -18,7 +18,7 @@ from nnunetv2_ext.pretext.masked_image import (
     visible_mean_masked_l1,
 )
 from nnunetv2_ext.pretext.volume_fusion import scale_extent_range
-from nnunetv2_ext.training.base import DebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.lr_schedules import StepLRScheduler
 from nnunetv2_ext.training.pretext_base import PretextTrainerBase
 from nnunetv2_ext.training.pretext_metrics import pretext_metric
@@ -89,5 +89,5 @@ class nnUNetTrainerMaskedImage(PretextTrainerBase):
                                higher_is_better=False)]
 
 
-class nnUNetTrainerMaskedImage_debug(DebugScheduleMixin, nnUNetTrainerMaskedImage):
+class nnUNetTrainerMaskedImage_debug(NarrowDebugScheduleMixin, nnUNetTrainerMaskedImage):
     """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from nnunetv2_ext.training.base import DebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder
 
 __all__ = ["nnUNetTrainerMultiEncoderModalityDropout", "nnUNetTrainerMultiEncoderModalityDropout_debug"]
@@ -90,5 +90,6 @@ class nnUNetTrainerMultiEncoderModalityDropout(nnUNetTrainerMultiEncoder):
             return super().train_step({**batch, "data": data})
 
 
-class nnUNetTrainerMultiEncoderModalityDropout_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoderModalityDropout):
+class nnUNetTrainerMultiEncoderModalityDropout_debug(NarrowDebugScheduleMixin,
+                                                     nnUNetTrainerMultiEncoderModalityDropout):
     """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and CPU examples."""

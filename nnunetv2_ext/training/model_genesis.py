@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from nnunetv2_ext.pretext.model_genesis import ModelsGenesisConfig, models_genesis
-from nnunetv2_ext.training.base import DebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.pretext_base import RestorationPretextTrainer
 
 __all__ = ["nnUNetTrainerModelGenesis", "nnUNetTrainerModelGenesis_debug"]
@@ -41,5 +41,5 @@ class nnUNetTrainerModelGenesis(RestorationPretextTrainer):
         return inputs, target
 
 
-class nnUNetTrainerModelGenesis_debug(DebugScheduleMixin, nnUNetTrainerModelGenesis):
+class nnUNetTrainerModelGenesis_debug(NarrowDebugScheduleMixin, nnUNetTrainerModelGenesis):
     """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""

@@ -8,7 +8,7 @@ from torch import nn
 from nnunetv2_ext.architectures.multi_encoder import MultiEncoderUNet
 from nnunetv2_ext.dataset_json import channel_names
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS, multi_encoder_architecture
-from nnunetv2_ext.training.base import DebugScheduleMixin, ExtTrainerBase, QuickstartScheduleMixin
+from nnunetv2_ext.training.base import ExtTrainerBase, NarrowDebugScheduleMixin, QuickstartScheduleMixin
 from nnunetv2_ext.training.lr_schedules import FineTuneWarmupLRScheduler, encoder_decoder_param_groups, warmup_epochs
 
 __all__ = ["nnUNetTrainerMultiEncoder", "nnUNetTrainerMultiEncoder_debug", "nnUNetTrainerMultiEncoder_quickstart",
@@ -66,8 +66,8 @@ class nnUNetTrainerMultiEncoder(ExtTrainerBase):
             self.print_to_log_file(f"Multi-encoder: {self._plain_network().describe()}")
 
 
-class nnUNetTrainerMultiEncoder_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoder):
-    """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and the CPU quickstart."""
+class nnUNetTrainerMultiEncoder_debug(NarrowDebugScheduleMixin, nnUNetTrainerMultiEncoder):
+    """3 epochs of 4 iterations at widths 8, 16, 32, ..., a checkpoint every epoch, no mirroring: smoke tests."""
 
 
 class nnUNetTrainerMultiEncoder_quickstart(QuickstartScheduleMixin, nnUNetTrainerMultiEncoder):
@@ -134,5 +134,5 @@ class nnUNetTrainerMultiEncoderSSL(nnUNetTrainerMultiEncoder):
         super().on_train_start()
 
 
-class nnUNetTrainerMultiEncoderSSL_debug(DebugScheduleMixin, nnUNetTrainerMultiEncoderSSL):
+class nnUNetTrainerMultiEncoderSSL_debug(NarrowDebugScheduleMixin, nnUNetTrainerMultiEncoderSSL):
     """3 short epochs: smoke tests and CPU examples."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from nnunetv2_ext.pretext.patch_swapping import PatchSwappingConfig, swap_patches
-from nnunetv2_ext.training.base import DebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.pretext_base import RestorationPretextTrainer
 
 __all__ = ["nnUNetTrainerPatchSwapping", "nnUNetTrainerPatchSwapping_debug"]
@@ -36,5 +36,5 @@ class nnUNetTrainerPatchSwapping(RestorationPretextTrainer):
         return inputs, target
 
 
-class nnUNetTrainerPatchSwapping_debug(DebugScheduleMixin, nnUNetTrainerPatchSwapping):
+class nnUNetTrainerPatchSwapping_debug(NarrowDebugScheduleMixin, nnUNetTrainerPatchSwapping):
     """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""

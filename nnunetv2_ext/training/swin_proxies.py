@@ -13,7 +13,7 @@ from torch import nn
 
 from nnunetv2_ext.architectures.ssl_heads import SSLOutput, with_ssl_heads
 from nnunetv2_ext.pretext import swin_proxies as sp
-from nnunetv2_ext.training.base import DebugScheduleMixin, NoMirroringMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin, NoMirroringMixin
 from nnunetv2_ext.training.lr_schedules import WarmupCosineLRScheduler
 from nnunetv2_ext.training.pretext_base import PretextTrainerBase
 from nnunetv2_ext.training.pretext_metrics import gather_values, pretext_metric
@@ -135,6 +135,6 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, PretextTrainerBase):
                 "; 'Pseudo dice' shows the rotation accuracy")
 
 
-class nnUNetTrainerSwinProxies_debug(DebugScheduleMixin, nnUNetTrainerSwinProxies):
+class nnUNetTrainerSwinProxies_debug(NarrowDebugScheduleMixin, nnUNetTrainerSwinProxies):
     """3 epochs of 4 iterations (1 warm-up epoch), no mirroring: smoke tests and CPU examples."""
     warmup_epochs = 1

@@ -27,7 +27,7 @@ from nnunetv2_ext.pretext.volume_fusion import (
     save_volume_fusion_figure,
     volume_fusion,
 )
-from nnunetv2_ext.training.base import DebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.pretext_base import MISFMAdamPretextTrainer
 from nnunetv2_ext.training.pretext_metrics import pretext_metric
 
@@ -125,5 +125,5 @@ class nnUNetTrainerVolumeFusion(MISFMAdamPretextTrainer):
         return dice_per_level(*self._confusion(values)).tolist()
 
 
-class nnUNetTrainerVolumeFusion_debug(DebugScheduleMixin, nnUNetTrainerVolumeFusion):
+class nnUNetTrainerVolumeFusion_debug(NarrowDebugScheduleMixin, nnUNetTrainerVolumeFusion):
     """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""
