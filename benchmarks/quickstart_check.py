@@ -5,6 +5,7 @@ the stage times, appends the record to ``benchmarks/quickstart.json`` and exits 
 
     python benchmarks/quickstart_check.py                 # fresh clone of HEAD into a temporary folder
     python benchmarks/quickstart_check.py --in-place      # this checkout, its venv (faster: no install)
+    python benchmarks/quickstart_check.py --overview-to docs/quickstart_overview.png   # the README's picture
 
 Not a unit test: it takes minutes and its time depends on the machine; run it after changes to training, the
 example data, planning or the trainers' defaults.
@@ -51,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--in-place", action="store_true", help="run in this checkout instead of a fresh clone")
     parser.add_argument("--record", default=str(REPO / "benchmarks" / "quickstart.json"),
                         help="JSON list the result is appended to ('' to not record)")
+    parser.add_argument("--overview-to", default="",
+                        help="copy the quickstart's overview.png here (e.g. docs/quickstart_overview.png, the README's "
+                             "picture); '' to not copy")
     args = parser.parse_args(argv)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -74,6 +78,8 @@ def main(argv=None) -> int:
             return 1
         result = parse_quickstart_output(proc.stdout)
         overview = Path(env["QUICKSTART_DIR"]) / "overview.png"
+        if args.overview_to and overview.is_file():
+            shutil.copyfile(overview, args.overview_to)
         result.update(commit=commit, fresh_clone=not args.in_place, wall_s=round(wall, 1),
                       overview_written=overview.is_file(), date=datetime.date.today().isoformat(),
                       machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"

@@ -2,7 +2,7 @@
 # Quickstart: install, make a small synthetic BraTS-like dataset, and run nnU-Net's whole pipeline with the
 # multi-encoder trainer: plan_and_preprocess -> nnunetv2_ext plans -> nnUNetv2_train -> nnUNetv2_predict ->
 # nnUNetv2_evaluate_folder, then draw quickstart/overview.png. The trainer, nnUNetTrainerMultiEncoder_quickstart,
-# is the multi-encoder at a CPU size (patch 32^3, widths 8..64, 250 steps): it segments the example data in a few
+# is the multi-encoder at a CPU size (patch 32^3, widths 8..64, 500 steps): it segments the example data in a few
 # minutes on a 2-core CPU (README: the Dice and time measured). Work folder: $QUICKSTART_DIR (default ./quickstart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
 
 RAW=$(ls -d "$nnUNet_raw"/Dataset${DATASET}_* 2>/dev/null | head -n 1 || true)
 if [ -z "$RAW" ]; then
-    nnunetv2_ext example-data --raw "$nnUNet_raw" --dataset-id "$DATASET" --n-train 8 --n-test 2 --shape 48 48 48
+    nnunetv2_ext example-data --raw "$nnUNet_raw" --dataset-id "$DATASET" --n-train 16 --n-test 6 --shape 48 48 48
     RAW=$(ls -d "$nnUNet_raw"/Dataset${DATASET}_* | head -n 1)
 fi
 nnUNetv2_plan_and_preprocess -d "$DATASET" -c 3d_fullres -np 1 -npfp 1
