@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunetv2_ext.data.image_checks import count_non_finite
 from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
 
 
@@ -161,9 +162,14 @@ def _check_case(case_dir: Path, layout: BratsLayout) -> tuple[list[str], dict[st
             reasons.append(f"{path.name}: expected a 3D scalar image, got {img.GetDimension()}D with "
                            f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
             continue
-        array = sitk.GetArrayViewFromImage(img)
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            reasons.append(f"{path.name}: {int((~np.isfinite(array)).sum())} NaN/inf voxel value(s)")
+        try:
+            non_finite = count_non_finite(path, img)
+        except Exception as e:  # nibabel raises a variety of errors on corrupt NIfTI data
+            reasons.append(f"cannot read the voxels of {path.name} with nibabel: {type(e).__name__}: {e}")
+            continue
+        if non_finite:
+            reasons.append(f"{path.name}: {sum(non_finite)} NaN/inf voxel value(s) ({non_finite[0]} NaN, "
+                           f"{non_finite[1]} inf)")
         images[s] = img
     if images:
         ref_suffix = next(iter(images))
@@ -281,7 +287,7 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
         if bad and not skip_bad:
             listing = "\n".join(f"  {case}: {'; '.join(reasons)}" for case, reasons in sorted(bad.items()))
             raise ValueError(f"{len(bad)} of {len(results)} cases in {input_dir} cannot be converted "
-                             f"(pass skip_bad=True, CLI --skip-bad, to leave them out):\n{listing}")
+                             f"(use --skip-bad to leave them out):\n{listing}")
         if not good:
             raise ValueError(f"none of the {len(results)} cases in {input_dir} can be converted: {bad}")
         generate_dataset_json(
@@ -305,7 +311,7 @@ def _layout_of_predictions(input_dir: Path, layout: str | None) -> BratsLayout:
         raise ValueError(f"{dj} records brats_layout {recorded!r} but layout={layout!r} was passed")
     chosen = recorded if recorded is not None else layout
     if chosen is None:
-        raise ValueError(f"no brats_layout in {input_dir / 'dataset.json'}; pass layout= one of {list(LAYOUTS)}")
+        raise ValueError(f"no brats_layout in {input_dir / 'dataset.json'}; use --layout with one of {list(LAYOUTS)}")
     if chosen not in LAYOUTS:
         raise ValueError(f"unknown BraTS layout {chosen!r}; expected one of {list(LAYOUTS)}")
     return LAYOUTS[chosen]

@@ -131,8 +131,7 @@ def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: 
         if not splits_src.is_file():
             splits_src = None
         elif splits_dst.exists() and not overwrite:
-            raise FileExistsError(f"{splits_dst} already exists; pass overwrite=True (CLI: --overwrite) to "
-                                  f"replace it")
+            raise FileExistsError(f"{splits_dst} already exists; use --overwrite to replace it")
 
     file_ending = dataset_json.get("file_ending", ".nii.gz")
     with staged_dataset_folder(target, overwrite=overwrite) as staging:

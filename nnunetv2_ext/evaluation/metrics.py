@@ -456,8 +456,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     missing = sorted(set(refs) - set(preds))
     if missing and (strict or len(preds) >= len(refs)):
         raise ValueError(f"{len(missing)} reference case(s) in {ref_dir} have no prediction{file_ending} in "
-                         f"{pred_dir}: {missing[:10]}{' ...' if len(missing) > 10 else ''}; predict them, or pass "
-                         f"strict=False to evaluate only the predicted cases")
+                         f"{pred_dir}: {missing[:10]}{' ...' if len(missing) > 10 else ''}; predict them, or use "
+                         f"--partial to evaluate only the predicted cases")
     if not preds:
         raise ValueError(f"no *{file_ending} predictions in {pred_dir}")
 

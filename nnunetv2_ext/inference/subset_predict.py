@@ -162,7 +162,7 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
     channels = _channels_of(modalities_present, names)
     cases = _find_cases(input_folder, dataset_json["file_ending"], channels, names)
     if os.path.isdir(output_folder) and os.listdir(output_folder) and not overwrite:
-        raise FileExistsError(f"output folder {output_folder} is not empty: choose an empty one or pass overwrite")
+        raise FileExistsError(f"output folder {output_folder} is not empty: choose an empty one or use --overwrite")
 
     device = torch.device(device)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
