@@ -13,6 +13,14 @@ from nnunetv2_ext.proxy.experiment import SCALES
 def _plans(args: argparse.Namespace) -> None:
     from nnunetv2_ext.planning.multi_encoder_plans import write_multi_encoder_plans
 
+    if args.list_presets:
+        from nnunetv2_ext.planning.presets import list_presets
+
+        for name, description in list_presets().items():
+            print(f"{name}: {description}")
+        return
+    if args.dataset is None:
+        raise ValueError("give DATASET (id or name, as for nnUNetv2_train), or --list-presets")
     if args.arch != "multi_encoder":
         from nnunetv2_ext.planning.backbones import write_backbone_plans
 
@@ -243,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plans", help="derive multi-encoder plans from a dataset's nnU-Net plans")
-    p.add_argument("dataset", help="dataset id or name (as for nnUNetv2_train)")
+    p.add_argument("dataset", nargs="?", default=None, help="dataset id or name (as for nnUNetv2_train)")
     p.add_argument("--arch", default="multi_encoder", choices=ARCHITECTURES,
                    help="multi_encoder (default) or an alternative backbone")
     p.add_argument("--encoder", choices=["plain", "residual"], default=None,
@@ -255,8 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder width relative to the plans' features (default 1.0)")
     p.add_argument("--source-plans", default="nnUNetPlans", help="plans to derive from (default nnUNetPlans)")
     p.add_argument("--plans-name", default=None, help="name of the new plans (default <source>_MultiEncoder)")
-    p.add_argument("--preset", default=None, help="preset JSON, e.g. plans/brats_taheri2025.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
+    p.add_argument("--preset", default=None, help="a shipped preset by name (see --list-presets), e.g. "
+                   "brats_taheri2025, or a preset JSON file")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name (never the "
+                   "source plans)")
     p.set_defaults(func=_plans)
 
     p = sub.add_parser("unlabeled-dataset", help="make an nnU-Net raw dataset of unlabeled scans (for SSL pretraining)")

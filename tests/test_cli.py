@@ -132,7 +132,6 @@ def test_plans_rejects_options_the_network_rejects(preprocessed, capsys):
 
 @pytest.mark.parametrize("argv", [
     [],
-    ["plans"],
     ["plans", "992", "--fusion", "max"],
     ["plans", "992", "--encoder", "swin"],
     ["plans", "992", "--arch", "no_such_network"],
