@@ -44,6 +44,8 @@ class BratsLayout:
         modalities: File suffixes in nnU-Net channel order T1, T1Gd, T2, FLAIR.
         to_nnunet: Source label -> nnU-Net label; its keys are the only values accepted.
         description: Written to ``dataset.json``.
+        default_name: The dataset name when none is given: what the data is (the 2023 and 2024 GLI releases
+            name their files alike, so no year is claimed for GLI).
     """
     name: str
     case_prefix: str
@@ -52,6 +54,7 @@ class BratsLayout:
     to_nnunet: dict[int, int]
     description: str
     seg: str = "seg"
+    default_name: str = ""
 
     def file(self, case: str, suffix: str) -> str:
         return f"{case}{self.separator}{suffix}.nii.gz"
@@ -63,9 +66,9 @@ class BratsLayout:
 
 LAYOUTS: dict[str, BratsLayout] = {
     "2021": BratsLayout("2021", "BraTS2021_", "_", ("t1", "t1ce", "t2", "flair"), {0: 0, 1: 2, 2: 1, 4: 3},
-                        "BraTS 2021 (labels 1 NCR, 2 ED, 4 ET in the source data)"),
+                        "BraTS 2021 (labels 1 NCR, 2 ED, 4 ET in the source data)", default_name="BraTS2021"),
     "gli": BratsLayout("gli", "BraTS-GLI-", "-", ("t1n", "t1c", "t2w", "t2f"), {0: 0, 1: 2, 2: 1, 3: 3},
-                       "BraTS 2023/2024 GLI (labels 1 NCR, 2 ED, 3 ET in the source data)"),
+                       "BraTS 2023/2024 GLI (labels 1 NCR, 2 ED, 3 ET in the source data)", default_name="BraTSGLI"),
 }
 CHANNEL_NAMES = {0: "T1", 1: "T1Gd", 2: "T2", 3: "FLAIR"}
 NNUNET_LABELS = {"background": 0, "whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)}
@@ -237,7 +240,7 @@ def _map_cases(jobs: list, num_processes: int, progress: bool, desc: str) -> lis
 
 
 def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dataset_id: int = 137,
-                  name: str = "BraTS2021", skip_bad: bool = False, overwrite: bool = False,
+                  name: str | None = None, skip_bad: bool = False, overwrite: bool = False,
                   num_processes: int = 1, progress: bool = False) -> tuple[Path, ConversionReport]:
     """Convert a BraTS 2021 or 2023/2024 GLI training folder into an nnU-Net v2 raw dataset.
 
@@ -255,7 +258,8 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
         input_dir: Folder with one sub-folder per case.
         raw_root: nnU-Net raw folder (created if missing).
         dataset_id: Id of the new dataset, 1..999, not used by another dataset in ``raw_root``.
-        name: Dataset name (letters, digits, ``_`` and ``-``).
+        name: Dataset name (letters, digits, ``_`` and ``-``); default the layout's: ``BraTS2021`` or
+            ``BraTSGLI``.
         skip_bad: Leave bad cases out (they are listed in the report) instead of failing.
         overwrite: Replace an existing dataset folder of the same name.
         num_processes: Worker processes (cases are independent).
@@ -276,7 +280,7 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
     input_dir = Path(input_dir)
     layout_name, case_dirs = _scan(input_dir)
     layout = LAYOUTS[layout_name]
-    target = raw_dataset_target(raw_root, dataset_id, name, overwrite)
+    target = raw_dataset_target(raw_root, dataset_id, name if name is not None else layout.default_name, overwrite)
     with staged_dataset_folder(target, overwrite=overwrite) as staging:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
