@@ -107,7 +107,7 @@ def _add(cases: dict[str, dict[str, Path]], problems: dict[str, str], case: str,
     files = cases.setdefault(case, {})
     if modality in files and files[modality] != path:
         problems[case] = (f"more than one file for modality {modality}: {files[modality].name} and {path.name}; "
-                          "remove one or pass an explicit pattern (CLI: --pattern)")
+                          "remove one or give --pattern")
     else:
         files[modality] = path
 
@@ -220,8 +220,8 @@ def find_cases(images_dir: str | Path, modalities: Sequence[str], pattern: str |
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; pass the folder that "
-                                "holds the scans (CLI: --images)")
+        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; give --images the "
+                                "folder that holds the scans")
     cases, problems = _discover(images_dir, _check_modalities(modalities), pattern)
     if problems:
         case, reason = next(iter(problems.items()))
@@ -408,8 +408,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1; got {num_processes}")
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; pass the folder that "
-                                "holds the scans (CLI: --images)")
+        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; give --images the "
+                                "folder that holds the scans")
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     if _is_within(target, images_dir) or _is_within(images_dir, target):
         raise ValueError(f"the dataset folder {target} and the input folder {images_dir} overlap; the input must "
