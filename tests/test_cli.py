@@ -9,20 +9,8 @@ import pytest
 from nnunetv2_ext import cli
 from nnunetv2_ext.discovery import SHIM_MODULE, trainer_path
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS
-from tests.conftest import write_tiny_preprocessed
 
 FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
-
-
-@pytest.fixture()
-def preprocessed(tmp_path, monkeypatch):
-    """$nnUNet_preprocessed with Dataset992_X holding nnU-Net's plans and dataset.json (nothing else set)."""
-    root = tmp_path / "preprocessed"
-    folder = write_tiny_preprocessed(root / "Dataset992_X")
-    monkeypatch.setenv("nnUNet_preprocessed", str(root))
-    monkeypatch.delenv("nnUNet_raw", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return folder
 
 
 def _arch_kwargs(path, configuration="3d_fullres"):

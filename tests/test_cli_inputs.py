@@ -61,19 +61,6 @@ def test_brats_convert_names_and_refuses_non_finite_voxels(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------------ plans
 
 
-@pytest.fixture()
-def preprocessed(tmp_path, monkeypatch):
-    """$nnUNet_preprocessed with Dataset992_X holding nnU-Net's tiny plans and dataset.json."""
-    from tests.conftest import write_tiny_preprocessed
-
-    root = tmp_path / "preprocessed"
-    folder = write_tiny_preprocessed(root / "Dataset992_X")
-    monkeypatch.setenv("nnUNet_preprocessed", str(root))
-    monkeypatch.delenv("nnUNet_raw", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return folder
-
-
 @pytest.mark.parametrize("arch", ["multi_encoder", "segresnet"])
 def test_plans_never_replace_their_source(preprocessed, capsys, arch):
     before = _listing(preprocessed), (preprocessed / "nnUNetPlans.json").read_bytes()
