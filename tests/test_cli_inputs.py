@@ -157,6 +157,20 @@ def test_evaluate_reads_the_raw_dataset_json_of_a_dataset_not_yet_preprocessed(r
     assert "    WT: Dice 1.0000" in out and "    ET: Dice 1.0000" in out
 
 
+def test_dataset_json_path_prefers_the_preprocessed_one(raw_only, tmp_path):
+    from nnunetv2_ext.io_utils import dataset_json_path
+
+    assert dataset_json_path(961) == raw_only / "dataset.json"
+    preprocessed = tmp_path / "preprocessed" / "Dataset961_Conv"
+    preprocessed.mkdir(parents=True)
+    (preprocessed / "dataset.json").write_text(json.dumps(BRATS_JSON))
+    assert dataset_json_path("Dataset961_Conv") == preprocessed / "dataset.json"
+    (raw_only / "dataset.json").unlink()
+    (preprocessed / "dataset.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no dataset.json for Dataset961_Conv.*give --dataset-json"):
+        dataset_json_path(961)
+
+
 def test_evaluate_refuses_an_existing_output_without_overwrite(raw_only, tmp_path, capsys):
     ref, pred = _label_folders(tmp_path)
     summary = tmp_path / "summary.json"
