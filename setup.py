@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]),
+    package_data={"nnunetv2_ext.planning": ["presets/*.json", "presets/README.md"]},  # `plans --preset NAME`
     python_requires=">=3.10",
     install_requires=[
         # torch >= 2.6: torch.serialization.get_unsafe_globals_in_checkpoint and (object, name) safe_globals entries

@@ -13,6 +13,17 @@ from nnunetv2_ext.proxy.experiment import SCALES
 def _plans(args: argparse.Namespace) -> None:
     from nnunetv2_ext.planning.multi_encoder_plans import write_multi_encoder_plans
 
+    if args.list_presets:
+        from nnunetv2_ext.planning.presets import list_presets
+
+        for name, description in list_presets().items():
+            print(f"{name}: {description}")
+        return
+    if args.dataset is not None and args.dataset_flag is not None and args.dataset != args.dataset_flag:
+        raise ValueError(f"two datasets given: DATASET {args.dataset} and -d {args.dataset_flag}; give one")
+    args.dataset = args.dataset if args.dataset is not None else args.dataset_flag
+    if args.dataset is None:
+        raise ValueError("give DATASET (id or name, as for nnUNetv2_train; or -d), or --list-presets")
     if args.arch != "multi_encoder":
         from nnunetv2_ext.planning.backbones import write_backbone_plans
 
@@ -90,7 +101,8 @@ def _dataset_restrict(args: argparse.Namespace) -> None:
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     folder = restrict_dataset(_raw_root(args.raw), args.dataset, channels, args.dataset_id, args.name,
-                              preprocessed_root=os.environ.get("nnUNet_preprocessed"), overwrite=args.overwrite)
+                              preprocessed_root=os.environ.get("nnUNet_preprocessed"), overwrite=args.overwrite,
+                              allow_repeated=args.allow_repeated_channels, progress=True)
     print(f"wrote {folder}")
 
 
@@ -123,16 +135,19 @@ def _splits(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from nnunetv2_ext.evaluation.metrics import evaluate_folders
-    from nnunetv2_ext.io_utils import preprocessed_dataset_folder
+    from nnunetv2_ext.io_utils import dataset_json_path
 
     if not (args.dataset_json or args.dataset):
-        raise ValueError("give --dataset (id or name) or --dataset-json: the dataset.json names the regions")
-    dataset_json = args.dataset_json or preprocessed_dataset_folder(args.dataset) / "dataset.json"
+        raise ValueError("give -d/--dataset (id or name) or --dataset-json: the dataset.json names the regions")
+    dataset_json = args.dataset_json or dataset_json_path(args.dataset)
     summary = evaluate_folders(args.ref, args.pred, dataset_json, num_processes=args.np, output=args.output,
-                               strict=not args.partial)
+                               strict=not args.partial, lesion_wise=args.brats, lesion_labels=args.brats_labels,
+                               overwrite=args.overwrite, progress=True)
     for region, metrics in summary["mean"].items():
+        lesion_wise = (f"  LW DSC {metrics['brats_lesion_dice']:.4f}  LW HD95 {metrics['brats_lesion_hd95_mm']:.2f} mm"
+                       if "brats_lesion_dice" in metrics else "")
         print(f"{region:>6}: Dice {metrics['dice']:.4f}  HD95 {metrics['hd95_mm']:.2f} mm  "
-              f"SE {metrics['sensitivity']:.4f}  PRE {metrics['precision']:.4f}")
+              f"SE {metrics['sensitivity']:.4f}  PRE {metrics['precision']:.4f}{lesion_wise}")
     if args.output:
         print(f"wrote {args.output} and its .csv")
 
@@ -142,7 +157,8 @@ def _report(args: argparse.Namespace) -> None:
 
     trainers = [t for t in (args.trainers or "").split(",") if t] or None
     written = write_report(args.results, args.output, trainers, args.configuration, args.gt, args.few_shot_index,
-                           args.np, args.overwrite)
+                           args.np, args.overwrite, lesion_wise=args.brats, rank_by=args.rank_by,
+                           lesion_labels=args.brats_labels, progress=True)
     for name, path in written.items():
         print(f"{name}: {path}")
 
@@ -179,9 +195,13 @@ def _predict(args: argparse.Namespace) -> None:
     from nnunetv2_ext.inference.subset_predict import model_folder_from_args, predict_with_subset
 
     folder = model_folder_from_args(args.d, args.tr, args.p, args.c)
+    if args.npp < 1:
+        raise ValueError(f"-npp must be >= 1; got {args.npp}")
     written = predict_with_subset(folder, args.i, args.o, args.modalities, folds=args.f, checkpoint=args.chk,
-                                  device=args.device, overwrite=args.overwrite, num_processes=args.npp,
-                                  use_mirroring=not args.disable_tta)
+                                  device=args.device, overwrite=args.overwrite, num_processes=args.nps,
+                                  use_mirroring=not args.disable_tta, tile_step_size=args.step_size,
+                                  save_probabilities=args.save_probabilities,
+                                  continue_prediction=args.continue_prediction, verbose=args.verbose)
     print(f"wrote {len(written)} segmentations to {args.o} from {args.modalities}")
 
 
@@ -230,210 +250,279 @@ def _overview(args: argparse.Namespace) -> None:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every option's default."""
+    """--help shows every option's default (not for required options, switches, or None, which the help explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 ARCHITECTURES = ("multi_encoder",) + BACKBONE_NAMES  # the registry's names (planning.backbones imports no torch)
+BRATS_DEFINITIONS = ("2023", "2023-MEN", "2023-MET", "2024")
+"""The keys of ``evaluation.lesionwise.DEFINITIONS`` (that module imports MONAI: too slow for --help; a test keeps
+them equal)."""
+BRATS_LABELS = ("challenge", "nnunet")
+ALL_FOLDS = ["0", "1", "2", "3", "4"]
+
+
+def _env_int(name: str, default: int) -> int:
+    """nnU-Net's defaults for -npp / -nps: its environment variable, else its default."""
+    import os
+
+    return int(os.environ.get(name, default))
+
+
+def _add_brats_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--brats", default=None, choices=BRATS_DEFINITIONS,
+                   help="also score the BraTS challenge's lesion-wise Dice and HD95 (LW DSC, LW HD95) of that "
+                   "challenge's official scripts: 2023 (GLI, SSA, PED), 2023-MEN, 2023-MET, 2024 (GLI post-treatment, "
+                   "with NSD)")
+    p.add_argument("--brats-labels", default=None, choices=BRATS_LABELS,
+                   help="label convention of the data for --brats: challenge (1 NETC, 2 SNFH, 3 ET) or nnunet "
+                   "(1 edema, 2 necrosis, 3 ET, as `brats convert` writes); default: read from the dataset.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunetv2_ext", description="nnU-Net v2 plugin: multi-encoder U-Net, "
                                      "self-supervised pretraining, weight transfer. Trainers run through nnU-Net's "
-                                     "own commands once `export nnUNet_extTrainer=$(nnunetv2_ext trainer-path)`.")
+                                     "own commands once `export nnUNet_extTrainer=$(nnunetv2_ext trainer-path)`.",
+                                     formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plans", help="derive multi-encoder plans from a dataset's nnU-Net plans")
-    p.add_argument("dataset", help="dataset id or name (as for nnUNetv2_train)")
+    def command(parent, name: str, help: str):  # noqa: A002 - argparse's own keyword
+        return parent.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+
+    p = command(sub, "plans", "derive multi-encoder plans from a dataset's nnU-Net plans")
+    p.add_argument("dataset", nargs="?", default=None, help="dataset id or name (as for nnUNetv2_train)")
+    p.add_argument("-d", dest="dataset_flag", default=None, metavar="DATASET",
+                   help="the dataset, as nnUNetv2_plan_and_preprocess -d (instead of the positional DATASET)")
     p.add_argument("--arch", default="multi_encoder", choices=ARCHITECTURES,
-                   help="multi_encoder (default) or an alternative backbone")
+                   help="multi_encoder or an alternative backbone")
     p.add_argument("--encoder", choices=["plain", "residual"], default=None,
-                   help="encoder blocks (default: follow the source plans: PlainConvUNet -> plain, ResEnc -> residual)")
-    p.add_argument("--fusion", choices=["concat", "sum", "mean"], default=None, help="default concat")
+                   help="encoder blocks (default None: follow the source plans: PlainConvUNet -> plain, ResEnc -> "
+                   "residual)")
+    p.add_argument("--fusion", choices=["concat", "sum", "mean"], default=None,
+                   help="how the encoders' features are fused (None: the preset's, else concat)")
     p.add_argument("--groups", default=None,
-                   help="channels per encoder, e.g. 'T1,T1Gd;T2,FLAIR' or '0,1;2,3' (default: one per channel)")
+                   help="channels per encoder, e.g. 'T1,T1Gd;T2,FLAIR' or '0,1;2,3' (None: one per channel)")
     p.add_argument("--encoder-width", type=float, default=None,
-                   help="encoder width relative to the plans' features (default 1.0)")
-    p.add_argument("--source-plans", default="nnUNetPlans", help="plans to derive from (default nnUNetPlans)")
-    p.add_argument("--plans-name", default=None, help="name of the new plans (default <source>_MultiEncoder)")
-    p.add_argument("--preset", default=None, help="preset JSON, e.g. plans/brats_taheri2025.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
+                   help="encoder width relative to the plans' features (None: 1.0)")
+    p.add_argument("--source-plans", default="nnUNetPlans", help="plans to derive from")
+    p.add_argument("--plans-name", default=None,
+                   help="name of the new plans (None: <source>_MultiEncoder, or the backbone's); never the source")
+    p.add_argument("--preset", default=None, help="a shipped preset by name (see --list-presets), e.g. "
+                   "brats_taheri2025, or a preset JSON file")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name (never the "
+                   "source plans)")
     p.set_defaults(func=_plans)
 
-    p = sub.add_parser("unlabeled-dataset", help="make an nnU-Net raw dataset of unlabeled scans (for SSL pretraining)")
+    p = command(sub, "unlabeled-dataset", "make an nnU-Net raw dataset of unlabeled scans (for SSL pretraining)")
     p.add_argument("--images", required=True, help="folder: one sub-folder per case, or <case>_<modality> files")
     p.add_argument("--modalities", required=True, help="comma-separated, in channel order, e.g. T1,FLAIR")
-    p.add_argument("--dataset-id", type=int, required=True)
-    p.add_argument("--name", default="Unlabeled")
-    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
-    p.add_argument("--pattern", default=None, help="file template, e.g. '{case}/{case}_{modality}.nii.gz'")
+    p.add_argument("--dataset-id", type=int, required=True, help="id of the new dataset (1..999, unused)")
+    p.add_argument("--name", default="Unlabeled", help="name of the new dataset")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (None: $nnUNet_raw)")
+    p.add_argument("--pattern", default=None, help="file template, e.g. '{case}/{case}_{modality}.nii.gz' "
+                   "(None: detected)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
-    p.add_argument("--np", type=int, default=1, help="worker processes")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.set_defaults(func=_unlabeled_dataset)
 
-    brats = sub.add_parser("brats", help="BraTS data: conversion to nnU-Net and back").add_subparsers(
+    brats = command(sub, "brats", "BraTS data: conversion to nnU-Net and back").add_subparsers(
         dest="brats_command", required=True)
-    p = brats.add_parser("convert", help="BraTS 2021 or 2023/2024 GLI folder -> nnU-Net raw dataset (regions)")
+    p = command(brats, "convert", "BraTS 2021 or 2023/2024 GLI folder -> nnU-Net raw dataset (regions)")
     p.add_argument("--input", required=True, help="folder of case folders (BraTS2021_xxxxx or BraTS-GLI-xxxxx-xxx)")
-    p.add_argument("--dataset-id", type=int, default=137)
-    p.add_argument("--name", default="BraTS2021")
-    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--dataset-id", type=int, default=137, help="id of the new dataset (nnU-Net's BraTS example "
+                   "uses 137)")
+    p.add_argument("--name", default=None, help="name of the new dataset (None: after the detected release, "
+                   "BraTS2021 or BraTSGLI)")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (None: $nnUNet_raw)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and report) bad cases instead of failing")
-    p.add_argument("--np", type=int, default=1, help="worker processes")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.set_defaults(func=_brats_convert)
-    p = brats.add_parser("to-brats-labels", help="nnU-Net predictions -> the source BraTS label convention")
+    p = command(brats, "to-brats-labels", "nnU-Net predictions -> the source BraTS label convention")
     p.add_argument("--input", required=True, help="prediction folder (its dataset.json names the layout)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--layout", choices=["2021", "gli"], default=None)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--output", required=True, help="folder for the relabelled files")
+    p.add_argument("--layout", choices=["2021", "gli"], default=None,
+                   help="source convention (None: the brats_layout of the prediction folder's dataset.json)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --output")
     p.set_defaults(func=_brats_to_labels)
 
-    dataset = sub.add_parser("dataset", help="derived raw datasets").add_subparsers(dest="dataset_command",
-                                                                                      required=True)
-    p = dataset.add_parser("restrict", help="a new raw dataset with a subset of the channels "
-                                            "(Cox et al. 2024, BrainSegFounder, sec. 2.4.4)")
-    p.add_argument("--dataset", required=True, help="source dataset id or name")
+    dataset = command(sub, "dataset", "derived raw datasets").add_subparsers(dest="dataset_command", required=True)
+    p = command(dataset, "restrict", "a new raw dataset with a subset of the channels (Cox et al. 2024, "
+                "BrainSegFounder, sec. 2.4.4)")
+    p.add_argument("-d", "--dataset", required=True, help="source dataset id or name")
     p.add_argument("--channels", required=True, help="comma-separated channel names, e.g. T1 or T1,FLAIR")
     p.add_argument("--dataset-id", type=int, required=True, help="id of the new dataset")
-    p.add_argument("--name", default=None)
-    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--name", default=None, help="name of the new dataset (None: <source name>_<channels>)")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (None: $nnUNet_raw)")
+    p.add_argument("--allow-repeated-channels", action="store_true",
+                   help="accept a channel named twice (one modality fed to several inputs, as BrainSegFounder "
+                   "adapts a two-channel model)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.set_defaults(func=_dataset_restrict)
 
-    splits = sub.add_parser("splits", help="write folds into nnU-Net's splits_final.json").add_subparsers(
+    splits = command(sub, "splits", "write folds into nnU-Net's splits_final.json").add_subparsers(
         dest="splits_command", required=True)
-    p = splits.add_parser("default", help="nnU-Net's own 5-fold split, written now (before any training)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p = command(splits, "default", "nnU-Net's own 5-fold split, written now (before any training)")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
     p.set_defaults(func=_splits)
-    p = splits.add_parser("monai", help="folds from MONAI's brats21_folds.json (as in Cox et al. 2024, "
-                                        "BrainSegFounder)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--folds-json", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p = command(splits, "monai", "folds from MONAI's brats21_folds.json (as in Cox et al. 2024, BrainSegFounder)")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("--folds-json", required=True, help="MONAI's brats21_folds.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
     p.set_defaults(func=_splits)
-    p = splits.add_parser("few-shot", help="append folds training on random subsets of a fold "
-                                           "(Cox et al. 2024, BrainSegFounder, Fig. 5)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--fractions", default="0.05,0.1,0.2,0.4")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-fold", type=int, default=0)
+    p = command(splits, "few-shot", "append folds training on random subsets of a fold (Cox et al. 2024, "
+                "BrainSegFounder, Fig. 5)")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("--fractions", default="0.05,0.1,0.2,0.4", help="comma-separated fractions of the base fold's "
+                   "training cases")
+    p.add_argument("--repeats", type=int, default=5, help="random subsets per fraction")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same subsets)")
+    p.add_argument("--base-fold", type=int, default=0, help="the fold whose training cases are subsampled")
     p.add_argument("--overwrite", action="store_true", help="rebuild the few-shot folds")
     p.set_defaults(func=_splits)
 
-    p = sub.add_parser("evaluate", help="per case and region: Dice, Jaccard, SE, SP, PRE, ACC, HD95, ASSD, lesions")
+    p = command(sub, "evaluate", "per case and region: Dice, Jaccard, SE, SP, PRE, ACC, HD95, ASSD, lesions")
     p.add_argument("--ref", required=True, help="reference labels (e.g. labelsTr)")
     p.add_argument("--pred", required=True, help="predictions")
-    p.add_argument("--dataset", default=None, help="dataset id/name (its dataset.json gives the regions)")
+    p.add_argument("-d", "--dataset", default=None, help="dataset id/name: its dataset.json (preprocessed, else raw) "
+                   "gives the regions")
     p.add_argument("--dataset-json", default=None, help="or the dataset.json itself")
     p.add_argument("-o", "--output", default=None, help="summary JSON (a .csv is written beside it)")
     p.add_argument("--partial", action="store_true", help="evaluate only the cases that have a prediction")
-    p.add_argument("--np", type=int, default=1)
+    _add_brats_options(p)
+    p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o and its .csv")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("report", help="paper-style tables (Multi-encoder nnU-Net Table 1, BrainSegFounder Table 4) "
-                                      "and the few-shot curve from a results folder")
+    p = command(sub, "report", "paper-style tables (Multi-encoder nnU-Net Table 1, BrainSegFounder Table 4) and the "
+                "few-shot curve from a results folder")
     p.add_argument("--results", required=True, help="$nnUNet_results/DatasetXXX_Name")
     p.add_argument("-o", "--output", required=True, help="folder for tables (md, csv) and plots")
-    p.add_argument("--trainers", default=None, help="comma-separated trainer names (default: all)")
-    p.add_argument("--configuration", default=None)
-    p.add_argument("--gt", default=None, help="references (default: the preprocessed gt_segmentations)")
-    p.add_argument("--few-shot-index", default=None)
-    p.add_argument("--np", type=int, default=1)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-tr", "--trainers", default=None, help="comma-separated trainer names (None: all)")
+    p.add_argument("-c", "--configuration", default=None, help="only this configuration (None: all)")
+    p.add_argument("--gt", default=None, help="references (None: the preprocessed gt_segmentations)")
+    p.add_argument("--few-shot-index", default=None,
+                   help="few_shot_index.json (None: the one beside the preprocessed splits_final.json, if any)")
+    _add_brats_options(p)
+    p.add_argument("--rank-by", default=None, metavar="COLUMN",
+                   help="rank the models table by a metric, averaged over regions (e.g. brats_lesion_dice, dice, "
+                   "hd95_mm) or of one region (dice:ET); distances and counts rank lower-is-better")
+    p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace a report in -o")
     p.set_defaults(func=_report)
 
-    weights = sub.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command",
-                                                                                  required=True)
-    p = weights.add_parser("inspect", help="format, tensors, input channels; with --dataset a dry-run transfer report")
-    p.add_argument("file")
+    weights = command(sub, "weights", "pretrained weights").add_subparsers(dest="weights_command", required=True)
+    p = command(weights, "inspect", "format, tensors, input channels; with -d a dry-run transfer report")
+    p.add_argument("file", help="the checkpoint (.pth / .pt)")
     p.add_argument("--format", default=None, metavar="FORMAT",
                    help="force a checkpoint format (one row of nnunetv2_ext.transfer.formats.CHECKPOINT_FORMATS: "
-                   "nnunet, nnssl, monai_swin_ssl, ...); default: detected")
-    p.add_argument("--dataset", default=None, help="target dataset id/name: report what would load where")
-    p.add_argument("--plans", default="nnUNetPlans_MultiEncoder")
-    p.add_argument("--configuration", default="3d_fullres")
-    p.add_argument("--trainer", default="nnUNetTrainerMultiEncoder")
+                   "nnunet, nnssl, monai_swin_ssl, ...); None: detected")
+    p.add_argument("-d", "--dataset", default=None, help="target dataset id/name: report what would load where")
+    p.add_argument("-p", "--plans", default="nnUNetPlans_MultiEncoder", help="plans of the target network")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="configuration of the target network")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainerMultiEncoder", help="trainer of the target network")
     p.set_defaults(func=_weights_inspect)
-    p = weights.add_parser("use", help="record FILE as the pretrained weights nnUNetTrainerMultiEncoderSSL takes for a "
-                           "dataset, plans and configuration when nnUNetv2_train gets no -pretrained_weights")
+    p = command(weights, "use", "record FILE as the pretrained weights nnUNetTrainerMultiEncoderSSL takes for a "
+                "dataset, plans and configuration when nnUNetv2_train gets no -pretrained_weights")
     p.add_argument("dataset", help="dataset id or name (as for nnUNetv2_train)")
     p.add_argument("file", help="checkpoint_final.pth of a pretraining run (or any file -pretrained_weights takes)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans_MultiEncoder")
-    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans_MultiEncoder", help="plans of the fine-tuning runs")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="configuration of the fine-tuning runs")
     p.add_argument("--overwrite", action="store_true", help="replace another file recorded for the same key")
     p.set_defaults(func=_weights_use)
 
-    p = sub.add_parser("predict", help="nnU-Net prediction from a subset of the modalities (multi-encoder models)")
+    p = command(sub, "predict", "nnUNetv2_predict from a subset of the modalities (multi-encoder models); "
+                "nothing is written unless every check passes, and a failed run leaves -o as it was")
     p.add_argument("-i", required=True, help="input folder: {case}_{channel:04d} files of the present modalities")
-    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-o", required=True, help="output folder (created; must be empty unless --overwrite or "
+                   "--continue_prediction)")
     p.add_argument("-d", required=True, help="dataset id or name")
-    p.add_argument("-c", default="3d_fullres")
-    p.add_argument("-f", nargs="+", default=["0"], help="folds")
-    p.add_argument("-tr", default="nnUNetTrainerMultiEncoderModalityDropout")
-    p.add_argument("-p", default="nnUNetPlans_MultiEncoder")
+    p.add_argument("-p", default="nnUNetPlans_MultiEncoder", help="plans identifier")
+    p.add_argument("-tr", default="nnUNetTrainerMultiEncoderModalityDropout", help="trainer class used for training")
+    p.add_argument("-c", default="3d_fullres", help="configuration")
+    p.add_argument("-f", nargs="+", default=ALL_FOLDS, help="folds (several are averaged), as nnUNetv2_predict")
     p.add_argument("--modalities", required=True, help="present modalities, e.g. T1,FLAIR")
-    p.add_argument("-chk", default="checkpoint_final.pth")
-    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
-    p.add_argument("-npp", type=int, default=1, help="processes for preprocessing/export")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step size, in (0, 1]")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="nnU-Net's predictor talks")
+    p.add_argument("--save_probabilities", action="store_true", help="also write the class probabilities "
+                   "(.npz, .pkl)")
+    p.add_argument("--continue_prediction", action="store_true",
+                   help="keep the segmentations already in -o and predict only the missing cases")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name in each fold folder")
+    p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
+                   help="as nnUNetv2_predict's (>= 1; $nnUNet_npp); the subset preprocessing itself runs in this "
+                   "process, one case at a time")
+    p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3),
+                   help="processes for the segmentation export (>= 1; $nnUNet_nps)")
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"],
+                   help="as nnUNetv2_predict's; without CUDA the run is refused before anything is written: "
+                   "use -device cpu")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o, replacing files of the same "
+                   "name")
     p.set_defaults(func=_predict)
 
-    proxy = sub.add_parser("proxy", help="offline few-shot benchmark on proxy data built from the MNI152 template "
-                           "(needs pip install 'nnunetv2-ext[proxy]')").add_subparsers(dest="proxy_command",
-                                                                                   required=True)
-    p = proxy.add_parser("make", help="write the proxy cohorts (healthy T1+FLAIR; 4-modality tumour cases) as "
-                         "nnU-Net raw datasets under OUT/nnUNet_raw")
+    proxy = command(sub, "proxy", "offline few-shot benchmark on proxy data built from the MNI152 template (needs "
+                    "pip install 'nnunetv2-ext[proxy]')").add_subparsers(dest="proxy_command", required=True)
+    p = command(proxy, "make", "write the proxy cohorts (healthy T1+FLAIR; 4-modality tumour cases) as nnU-Net raw "
+                "datasets under OUT/nnUNet_raw")
     p.add_argument("--out", required=True, help="benchmark folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=float, default=2.0, help="voxel size in mm (default 2.0, the template's)")
-    p.add_argument("--n-pretrain", type=int, default=24, help="healthy pretraining cases (default 24)")
-    p.add_argument("--n-target", type=int, default=16, help="labelled training pool (default 16)")
-    p.add_argument("--n-test", type=int, default=12, help="held-out test cases (default 12)")
-    p.add_argument("--pretrain-id", type=int, default=601)
-    p.add_argument("--target-id", type=int, default=602)
-    p.add_argument("--np", type=int, default=1, help="worker processes")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same files)")
+    p.add_argument("--resolution", type=float, default=2.0, help="voxel size in mm (2.0: the template's)")
+    p.add_argument("--n-pretrain", type=int, default=24, help="healthy pretraining cases")
+    p.add_argument("--n-target", type=int, default=16, help="labelled training pool")
+    p.add_argument("--n-test", type=int, default=12, help="held-out test cases")
+    p.add_argument("--pretrain-id", type=int, default=601, help="dataset id of the healthy cohort")
+    p.add_argument("--target-id", type=int, default=602, help="dataset id of the tumour cohort")
+    p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace existing proxy datasets")
     p.set_defaults(func=_proxy_make)
 
-    p = proxy.add_parser("run", help="train every method on every few-shot level through nnU-Net and write the "
-                         "tables, the few-shot curve and the paired comparison to OUT/results_<scale>; rerun to resume")
+    p = command(proxy, "run", "train every method on every few-shot level through nnU-Net and write the tables, the "
+                "few-shot curve and the paired comparison to OUT/results_<scale>; rerun to resume")
     p.add_argument("--out", required=True, help="benchmark folder written by `proxy make`")
     p.add_argument("--scale", choices=list(SCALES), default="cpu",
-                   help="cpu: 2-core CPU in about an hour (default); cpu2d: nnU-Net's 2d configuration with long "
+                   help="cpu: 2-core CPU in about an hour; cpu2d: nnU-Net's 2d configuration with long "
                    "pretraining, 2 labelled cases; gpu: nnU-Net's planned patch, longer schedule; smoke: a toy run "
                    "for tests")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of vanilla,scratch,ssl_vf,ssl_swin,ssl_cm and the ablations "
-                   "ssl_vf_full,ssl_vf_sgd")
-    p.add_argument("--n-labelled", default=None, help="comma-separated labelled-case levels, e.g. 2,4,8,16")
-    p.add_argument("--repeats", type=int, default=None, help="random subsets per level")
-    p.add_argument("--lanes", type=int, default=None, help="parallel training jobs")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"])
-    p.add_argument("--np", type=int, default=2, help="worker processes for scoring")
+                   "ssl_vf_full,ssl_vf_sgd (None: the scale's)")
+    p.add_argument("--n-labelled", default=None, help="comma-separated labelled-case levels, e.g. 2,4,8,16 "
+                   "(None: the scale's)")
+    p.add_argument("--repeats", type=int, default=None, help="random subsets per level (None: the scale's)")
+    p.add_argument("--lanes", type=int, default=None, help="parallel training jobs (None: the scale's)")
+    p.add_argument("-device", "--device", default=None, choices=["cpu", "cuda", "mps"],
+                   help="training device (None: the scale's)")
+    p.add_argument("-np", "--np", type=int, default=2, help="worker processes for scoring")
     p.add_argument("--background", action="store_true",
                    help="detach and log to OUT/proxy_run_<scale>.log (prints the pid and the log to follow)")
     p.set_defaults(func=_proxy_run)
 
-    p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
+    p = command(sub, "trainer-path", "print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)
 
-    p = sub.add_parser("example-data", help="write a small synthetic BraTS-like dataset in nnU-Net raw format")
+    p = command(sub, "example-data", "write a small synthetic BraTS-like dataset in nnU-Net raw format")
     p.add_argument("--raw", required=True, help="nnU-Net raw folder (e.g. $nnUNet_raw)")
-    p.add_argument("--dataset-id", type=int, default=991)
-    p.add_argument("--name", default="SyntheticBraTS")
-    p.add_argument("--n-train", type=int, default=8)
-    p.add_argument("--n-test", type=int, default=2)
-    p.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dataset-id", type=int, default=991, help="id of the new dataset (1..999, unused)")
+    p.add_argument("--name", default="SyntheticBraTS", help="name of the new dataset")
+    p.add_argument("--n-train", type=int, default=8, help="training cases (>= 2)")
+    p.add_argument("--n-test", type=int, default=2, help="test cases (labels in labelsTs)")
+    p.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"),
+                   help="volume shape (24..512 each)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same data)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.set_defaults(func=_example_data)
 
-    p = sub.add_parser("overview", help="a picture of a trained model on one case: each modality, reference and "
-                       "prediction overlaid (WT/TC/ET) and the training curve", formatter_class=_Formatter)
+    p = command(sub, "overview", "a picture of a trained model on one case: each modality, reference and "
+                "prediction overlaid (WT/TC/ET) and the training curve")
     p.add_argument("-i", "--images", required=True, help="the cases' images ({case}_{channel:04d}), e.g. imagesTs")
     p.add_argument("--ref", required=True, help="reference labels, e.g. labelsTs")
     p.add_argument("--pred", required=True, help="the model's predictions (nnUNetv2_predict -o)")
@@ -441,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model folder ($nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>): its "
                    "dataset.json names the channels, fold_F/checkpoint_final.pth gives the training curve")
     p.add_argument("-f", default="0", help="the fold whose training curve is shown")
-    p.add_argument("--case", default=None, help="case id (default: the first prediction)")
+    p.add_argument("--case", default=None, help="case id (None: the first prediction)")
     p.add_argument("-o", required=True, help="PNG to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.set_defaults(func=_overview)

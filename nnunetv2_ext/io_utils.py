@@ -84,3 +84,28 @@ def preprocessed_dataset_folder(dataset: str | int) -> Path:
     if not nnUNet_preprocessed.is_set():
         raise RuntimeError("nnUNet_preprocessed is not set: export it as for nnU-Net's own commands")
     return Path(nnUNet_preprocessed.get()) / maybe_convert_to_dataset_name(dataset)
+
+
+def dataset_json_path(dataset: str | int) -> Path:
+    """The ``dataset.json`` of a dataset id or name: the preprocessed one (what training used) if it exists, else the
+    raw one, so a converted dataset that is not preprocessed yet is found as by nnU-Net's own name lookup.
+
+    Raises:
+        RuntimeError: neither ``nnUNet_preprocessed`` nor ``nnUNet_raw`` is set, or the dataset is unknown
+            (nnU-Net's own message).
+        FileNotFoundError: no dataset.json in either folder (both paths named).
+    """
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    roots = [root.get() for root in (nnUNet_preprocessed, nnUNet_raw) if root.is_set()]
+    if not roots:
+        raise RuntimeError("neither nnUNet_preprocessed nor nnUNet_raw is set: export them as for nnU-Net's own "
+                           "commands, or give --dataset-json")
+    name = maybe_convert_to_dataset_name(dataset)
+    candidates = [Path(root) / name / "dataset.json" for root in roots]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no dataset.json for {name}: looked for {', '.join(map(str, candidates))}; give "
+                            f"--dataset-json")

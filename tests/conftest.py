@@ -37,6 +37,17 @@ def write_tiny_preprocessed(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture()
+def preprocessed(tmp_path, monkeypatch):
+    """$nnUNet_preprocessed with Dataset992_X holding nnU-Net's plans and dataset.json (nothing else set)."""
+    root = tmp_path / "preprocessed"
+    folder = write_tiny_preprocessed(root / "Dataset992_X")
+    monkeypatch.setenv("nnUNet_preprocessed", str(root))
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    return folder
+
+
 @dataclass
 class NnUNetEnv:
     root: Path

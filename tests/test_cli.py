@@ -9,20 +9,8 @@ import pytest
 from nnunetv2_ext import cli
 from nnunetv2_ext.discovery import SHIM_MODULE, trainer_path
 from nnunetv2_ext.planning.multi_encoder_plans import MULTI_ENCODER_CLASS
-from tests.conftest import write_tiny_preprocessed
 
 FIXTURES = Path(__file__).resolve().parent / "planning" / "fixtures"
-
-
-@pytest.fixture()
-def preprocessed(tmp_path, monkeypatch):
-    """$nnUNet_preprocessed with Dataset992_X holding nnU-Net's plans and dataset.json (nothing else set)."""
-    root = tmp_path / "preprocessed"
-    folder = write_tiny_preprocessed(root / "Dataset992_X")
-    monkeypatch.setenv("nnUNet_preprocessed", str(root))
-    monkeypatch.delenv("nnUNet_raw", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return folder
 
 
 def _arch_kwargs(path, configuration="3d_fullres"):
@@ -132,7 +120,6 @@ def test_plans_rejects_options_the_network_rejects(preprocessed, capsys):
 
 @pytest.mark.parametrize("argv", [
     [],
-    ["plans"],
     ["plans", "992", "--fusion", "max"],
     ["plans", "992", "--encoder", "swin"],
     ["plans", "992", "--arch", "no_such_network"],
@@ -169,3 +156,156 @@ def test_console_script_points_at_main():
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "nnunetv2_ext"]
     assert script.value == "nnunetv2_ext.cli:main"
     assert script.load() is cli.main
+
+
+# ------------------------------------------------------------------------------- a CLI that speaks nnU-Net (issue 19)
+
+
+def _subparsers(parser, path=()):
+    """(command words, parser) of every (sub)command."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from _subparsers(child, (*path, name))
+
+
+def _options(parser) -> dict:
+    return {s: a for a in parser._actions for s in a.option_strings}
+
+
+def test_every_option_has_help_and_help_shows_defaults():
+    import argparse
+
+    commands = list(_subparsers(cli.build_parser()))
+    assert len(commands) > 20
+    for words, parser in commands:
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), words
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and action.help.strip(), (words, action.option_strings or action.dest)
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["brats", "convert"], ["--dataset-id DATASET_ID", "(default: 137)"]),
+    (["predict"], ["(default: cuda)", "-device cpu", "(default: ['0', '1', '2', '3', '4'])"]),
+    (["evaluate"], ["--brats {2023,2023-MEN,2023-MET,2024}", "--brats-labels {challenge,nnunet}"]),
+    (["report"], ["--rank-by COLUMN", "--brats"]),
+])
+def test_help_shows_the_surprising_defaults(capsys, argv, shown):
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for s in shown:
+        assert s in text, s
+
+
+def test_predict_accepts_nnunetv2_predicts_flags():
+    import nnunetv2.inference.predict_from_raw_data as nnunet_predict
+
+    ours = _options(dict(_subparsers(cli.build_parser()))[("predict",)])
+    # nnUNetv2_predict's flags this command takes (cascades, -num_parts and progress-bar switches do not apply)
+    wanted = ["-i", "-o", "-d", "-p", "-tr", "-c", "-f", "-step_size", "--disable_tta", "--verbose",
+              "--save_probabilities", "--continue_prediction", "-chk", "-npp", "-nps", "-device"]
+    import inspect
+
+    source = inspect.getsource(nnunet_predict.predict_entry_point)
+    for flag in wanted:
+        assert f"'{flag}'" in source, flag  # still nnU-Net's flag
+        assert flag in ours, flag
+    args = cli.build_parser().parse_args(["predict", "-i", "a", "-o", "b", "-d", "1", "--modalities", "T1"])
+    assert args.f == ["0", "1", "2", "3", "4"] and args.device == "cuda" and args.step_size == 0.5
+
+
+@pytest.mark.parametrize("words, short, long", [
+    (("plans",), "-d", None), (("evaluate",), "-d", "--dataset"), (("evaluate",), "-np", "--np"),
+    (("report",), "-c", "--configuration"), (("report",), "-tr", "--trainers"), (("report",), "-np", "--np"),
+    (("dataset", "restrict"), "-d", "--dataset"), (("splits", "default"), "-d", "--dataset"),
+    (("splits", "few-shot"), "-d", "--dataset"), (("weights", "inspect"), "-p", "--plans"),
+    (("weights", "inspect"), "-c", "--configuration"), (("weights", "inspect"), "-tr", "--trainer"),
+    (("weights", "inspect"), "-d", "--dataset"), (("weights", "use"), "-p", "--plans"),
+    (("unlabeled-dataset",), "-np", "--np"), (("brats", "convert"), "-np", "--np"),
+    (("proxy", "make"), "-np", "--np"), (("proxy", "run"), "-device", "--device"), (("proxy", "run"), "-np", "--np"),
+])
+def test_nnunet_short_flags_with_the_long_forms_kept(words, short, long):
+    options = _options(dict(_subparsers(cli.build_parser()))[words])
+    assert short in options
+    if long is not None:
+        assert options[short] is options[long]
+
+
+def test_plans_takes_the_dataset_as_d_too(preprocessed, capsys):
+    assert cli.main(["plans", "-d", "992"]) == 0
+    assert (preprocessed / "nnUNetPlans_MultiEncoder.json").is_file()
+    assert cli.main(["plans", "992", "-d", "993"]) == 2
+    assert "two datasets given" in capsys.readouterr().err
+
+
+def _readme_commands():
+    """(command words, flags) of every `nnunetv2_ext ...` line of the README's code blocks and usage lines."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    tree = dict(_subparsers(cli.build_parser()))
+    found = []
+    lines = readme.splitlines()
+    for i, line in enumerate(lines):
+        for m in re.finditer(r"nnunetv2_ext ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)?)(.*)", line):
+            words = tuple(m.group(1).split())
+            while words and words not in tree:
+                words = words[:-1]
+            if not words:
+                continue
+            rest = m.group(2)
+            j = i  # usage blocks continue on indented lines
+            while line.rstrip().endswith("\\") or (j + 1 < len(lines) and lines[j + 1].startswith(" " * 20)
+                                                    and lines[j + 1].strip().startswith("[")):
+                j += 1
+                if j >= len(lines):
+                    break
+                rest += " " + lines[j]
+                line = lines[j]
+            rest = rest.split("`")[0].split("  #")[0]
+            flags = re.findall(r"(?<![\w$/.-])(--?[a-zA-Z][\w-]*)", rest)
+            found.append((words, flags))
+    return found
+
+
+def test_every_flag_the_readme_shows_exists():
+    tree = dict(_subparsers(cli.build_parser()))
+    commands = _readme_commands()
+    assert {("plans",), ("predict",), ("evaluate",), ("report",), ("brats", "convert")} <= {w for w, _ in commands}
+    for words, flags in commands:
+        options = _options(tree[words])
+        missing = [f for f in flags if f not in options]
+        assert not missing, (" ".join(words), missing)
+
+
+def test_error_messages_name_flags_not_keyword_arguments():
+    """Library messages reach the user through the CLI: they advise a flag (`use --overwrite`), never a Python
+    keyword (`pass overwrite=True`)."""
+    import re
+
+    package = Path(cli.__file__).parent
+    offenders = []
+    pattern = re.compile(r"pass [a-z_]+=|\(CLI: |\b(?:overwrite|strict|skip_bad|layout)=(?:True|False)\b[^)]*\"")
+    for path in sorted(package.rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if ("raise" in line or line.strip().startswith(("f\"", "\""))) and pattern.search(line):
+                offenders.append(f"{path.relative_to(package)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_unlabeled_strict_advises_its_own_flag(tmp_path, capsys):
+    from nnunetv2_ext.data.synthetic import make_unlabeled_images
+
+    images = make_unlabeled_images(tmp_path / "ukb", n_cases=3, shape=(24, 24, 24), modalities=("T1", "FLAIR"))
+    next((images / "UKB_002").glob("*_FLAIR.nii.gz")).unlink()
+    argv = ["unlabeled-dataset", "--images", str(images), "--modalities", "T1,FLAIR", "--dataset-id", "901",
+            "--raw", str(tmp_path / "raw"), "--strict"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "UKB_002" in err and "without --strict" in err and "--skip-bad" not in err

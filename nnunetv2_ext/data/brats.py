@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunetv2_ext.data.image_checks import count_non_finite
 from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
 
 
@@ -43,6 +44,8 @@ class BratsLayout:
         modalities: File suffixes in nnU-Net channel order T1, T1Gd, T2, FLAIR.
         to_nnunet: Source label -> nnU-Net label; its keys are the only values accepted.
         description: Written to ``dataset.json``.
+        default_name: The dataset name when none is given: what the data is (the 2023 and 2024 GLI releases
+            name their files alike, so no year is claimed for GLI).
     """
     name: str
     case_prefix: str
@@ -51,6 +54,7 @@ class BratsLayout:
     to_nnunet: dict[int, int]
     description: str
     seg: str = "seg"
+    default_name: str = ""
 
     def file(self, case: str, suffix: str) -> str:
         return f"{case}{self.separator}{suffix}.nii.gz"
@@ -62,9 +66,9 @@ class BratsLayout:
 
 LAYOUTS: dict[str, BratsLayout] = {
     "2021": BratsLayout("2021", "BraTS2021_", "_", ("t1", "t1ce", "t2", "flair"), {0: 0, 1: 2, 2: 1, 4: 3},
-                        "BraTS 2021 (labels 1 NCR, 2 ED, 4 ET in the source data)"),
+                        "BraTS 2021 (labels 1 NCR, 2 ED, 4 ET in the source data)", default_name="BraTS2021"),
     "gli": BratsLayout("gli", "BraTS-GLI-", "-", ("t1n", "t1c", "t2w", "t2f"), {0: 0, 1: 2, 2: 1, 3: 3},
-                       "BraTS 2023/2024 GLI (labels 1 NCR, 2 ED, 3 ET in the source data)"),
+                       "BraTS 2023/2024 GLI (labels 1 NCR, 2 ED, 3 ET in the source data)", default_name="BraTSGLI"),
 }
 CHANNEL_NAMES = {0: "T1", 1: "T1Gd", 2: "T2", 3: "FLAIR"}
 NNUNET_LABELS = {"background": 0, "whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)}
@@ -161,9 +165,14 @@ def _check_case(case_dir: Path, layout: BratsLayout) -> tuple[list[str], dict[st
             reasons.append(f"{path.name}: expected a 3D scalar image, got {img.GetDimension()}D with "
                            f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
             continue
-        array = sitk.GetArrayViewFromImage(img)
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            reasons.append(f"{path.name}: {int((~np.isfinite(array)).sum())} NaN/inf voxel value(s)")
+        try:
+            non_finite = count_non_finite(path, img)
+        except Exception as e:  # nibabel raises a variety of errors on corrupt NIfTI data
+            reasons.append(f"cannot read the voxels of {path.name} with nibabel: {type(e).__name__}: {e}")
+            continue
+        if non_finite:
+            reasons.append(f"{path.name}: {sum(non_finite)} NaN/inf voxel value(s) ({non_finite[0]} NaN, "
+                           f"{non_finite[1]} inf)")
         images[s] = img
     if images:
         ref_suffix = next(iter(images))
@@ -231,7 +240,7 @@ def _map_cases(jobs: list, num_processes: int, progress: bool, desc: str) -> lis
 
 
 def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dataset_id: int = 137,
-                  name: str = "BraTS2021", skip_bad: bool = False, overwrite: bool = False,
+                  name: str | None = None, skip_bad: bool = False, overwrite: bool = False,
                   num_processes: int = 1, progress: bool = False) -> tuple[Path, ConversionReport]:
     """Convert a BraTS 2021 or 2023/2024 GLI training folder into an nnU-Net v2 raw dataset.
 
@@ -249,7 +258,8 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
         input_dir: Folder with one sub-folder per case.
         raw_root: nnU-Net raw folder (created if missing).
         dataset_id: Id of the new dataset, 1..999, not used by another dataset in ``raw_root``.
-        name: Dataset name (letters, digits, ``_`` and ``-``).
+        name: Dataset name (letters, digits, ``_`` and ``-``); default the layout's: ``BraTS2021`` or
+            ``BraTSGLI``.
         skip_bad: Leave bad cases out (they are listed in the report) instead of failing.
         overwrite: Replace an existing dataset folder of the same name.
         num_processes: Worker processes (cases are independent).
@@ -270,7 +280,7 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
     input_dir = Path(input_dir)
     layout_name, case_dirs = _scan(input_dir)
     layout = LAYOUTS[layout_name]
-    target = raw_dataset_target(raw_root, dataset_id, name, overwrite)
+    target = raw_dataset_target(raw_root, dataset_id, name if name is not None else layout.default_name, overwrite)
     with staged_dataset_folder(target, overwrite=overwrite) as staging:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
@@ -281,7 +291,7 @@ def convert_brats(input_dir: str | os.PathLike, raw_root: str | os.PathLike, dat
         if bad and not skip_bad:
             listing = "\n".join(f"  {case}: {'; '.join(reasons)}" for case, reasons in sorted(bad.items()))
             raise ValueError(f"{len(bad)} of {len(results)} cases in {input_dir} cannot be converted "
-                             f"(pass skip_bad=True, CLI --skip-bad, to leave them out):\n{listing}")
+                             f"(use --skip-bad to leave them out):\n{listing}")
         if not good:
             raise ValueError(f"none of the {len(results)} cases in {input_dir} can be converted: {bad}")
         generate_dataset_json(
@@ -305,7 +315,7 @@ def _layout_of_predictions(input_dir: Path, layout: str | None) -> BratsLayout:
         raise ValueError(f"{dj} records brats_layout {recorded!r} but layout={layout!r} was passed")
     chosen = recorded if recorded is not None else layout
     if chosen is None:
-        raise ValueError(f"no brats_layout in {input_dir / 'dataset.json'}; pass layout= one of {list(LAYOUTS)}")
+        raise ValueError(f"no brats_layout in {input_dir / 'dataset.json'}; use --layout with one of {list(LAYOUTS)}")
     if chosen not in LAYOUTS:
         raise ValueError(f"unknown BraTS layout {chosen!r}; expected one of {list(LAYOUTS)}")
     return LAYOUTS[chosen]

@@ -59,7 +59,7 @@ def raw_dataset_target(raw_root: str | os.PathLike, dataset_id: int, name: str, 
                          if p.is_dir() and p.name != target.name)
         if clashes:
             raise ValueError(f"{raw_root} already holds dataset(s) {clashes} with id {dataset_id}; "
-                             f"choose another id for {target.name}")
+                             f"choose another --dataset-id for {target.name}")
     _check_destination(target, overwrite, merge=False)
     return target
 
@@ -117,9 +117,9 @@ def _check_destination(final: Path, overwrite: bool, merge: bool) -> None:
     if merge and not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a folder; remove it or choose another output folder")
     if merge and not overwrite and any(final.iterdir()):
-        raise FileExistsError(f"{final} is not empty; pass overwrite=True (CLI: --overwrite) to write into it")
+        raise FileExistsError(f"{final} is not empty; use --overwrite to write into it")
     if not merge and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise FileExistsError(f"{final} already exists; use --overwrite to replace it")
 
 
 def _hidden_sibling(final: Path, tag: str) -> Path:

@@ -17,8 +17,11 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Sequence
+
+from tqdm import tqdm
 
 from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
 from nnunetv2_ext.dataset_json import channel_names
@@ -57,9 +60,11 @@ def _case_files(folder: Path, file_ending: str) -> dict[str, dict[int, Path]]:
     return cases
 
 
-def _copy_images(src: Path, dst: Path, source_channels: list[int], file_ending: str) -> None:
+def _copy_images(src: Path, dst: Path, source_channels: list[int], file_ending: str, progress: bool) -> None:
     dst.mkdir()
-    for case, files in _case_files(src, file_ending).items():
+    cases = _case_files(src, file_ending)
+    for case, files in tqdm(cases.items(), total=len(cases), desc=f"restrict {src.parent.name}/{src.name}",
+                            unit="case", file=sys.stderr, disable=not progress):
         for new, old in enumerate(source_channels):
             if old not in files:
                 raise FileNotFoundError(f"{src / f'{case}_{old:04d}{file_ending}'} is missing; every case of "
@@ -69,15 +74,18 @@ def _copy_images(src: Path, dst: Path, source_channels: list[int], file_ending: 
 
 def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: Sequence[str],
                      new_dataset_id: int, new_name: str | None = None,
-                     preprocessed_root: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+                     preprocessed_root: str | os.PathLike | None = None, overwrite: bool = False,
+                     allow_repeated: bool = False, progress: bool = False) -> Path:
     """Write a raw dataset that keeps only ``channels`` of an existing one (BrainSegFounder section 2.4.4).
 
     The new dataset ``Dataset{new_dataset_id:03d}_{new_name}`` holds, for every case of ``imagesTr`` (and
     ``imagesTs`` if present), the requested channels renumbered ``_0000, _0001, ...`` in the order given;
     files are copied byte for byte. ``labelsTr`` (and ``labelsTs`` if present) are copied unchanged. Its
     ``dataset.json`` is the old one with the new ``channel_names`` and ``"restricted_from": <old name>``. A
-    channel may be repeated (e.g. ``["T1", "T1"]`` feeds one modality to both inputs of a two-channel
-    network, as in the paper). If ``preprocessed_root/<old dataset>/splits_final.json`` exists it is copied to
+    repeated channel (``["T1", "T1"]``) is refused unless ``allow_repeated``: two channels of one name make
+    the multi-encoder's by-name weight transfer ambiguous, and a typo is the likelier cause; with it, one
+    modality feeds both inputs of a two-channel network. If
+    ``preprocessed_root/<old dataset>/splits_final.json`` exists it is copied to
     ``preprocessed_root/<new dataset>/`` so that the cross-validation folds stay the same.
 
     Args:
@@ -88,14 +96,16 @@ def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: 
         new_name: Name of the new dataset; default ``<old name>_<channels joined by '-'>``.
         preprocessed_root: nnU-Net preprocessed folder to carry ``splits_final.json`` over in, or None.
         overwrite: Replace an existing new dataset folder (and its ``splits_final.json``).
+        allow_repeated: Accept a channel named twice (``--allow-repeated-channels``).
+        progress: A tqdm bar over the cases on stderr.
 
     Returns:
         Path of the new raw dataset folder.
 
     Raises:
-        ValueError: ``channels`` is empty or names a channel the source lacks (the message lists the
-            available ones), the source ``dataset.json`` lists its files explicitly (``"dataset"`` key), or
-            the id/name rules of :func:`raw_dataset_target` are broken.
+        ValueError: ``channels`` is empty, names a channel twice (without ``allow_repeated``) or one the
+            source lacks (the message lists the available ones), the source ``dataset.json`` lists its files
+            explicitly (``"dataset"`` key), or the id/name rules of :func:`raw_dataset_target` are broken.
         FileNotFoundError: The source dataset, its ``dataset.json`` or one of its image files is missing.
         FileExistsError: The new dataset (or its ``splits_final.json``) exists and ``overwrite`` is False.
     """
@@ -116,6 +126,11 @@ def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: 
     unknown = [c for c in channels if c not in by_name]
     if unknown:
         raise ValueError(f"unknown channel(s) {unknown} for {source.name}; available: {list(by_name)}")
+    repeated = sorted({c for c in channels if channels.count(c) > 1})
+    if repeated and not allow_repeated:
+        raise ValueError(f"--channels {','.join(channels)} names {repeated} more than once: expected each channel "
+                         f"once (available: {list(by_name)}); use --allow-repeated-channels to feed one modality to "
+                         f"several inputs")
     source_channels = [by_name[c] for c in channels]
 
     old_name = _DATASET_RE.fullmatch(source.name).group(2)
@@ -131,14 +146,14 @@ def restrict_dataset(raw_root: str | os.PathLike, dataset: int | str, channels: 
         if not splits_src.is_file():
             splits_src = None
         elif splits_dst.exists() and not overwrite:
-            raise FileExistsError(f"{splits_dst} already exists; pass overwrite=True (CLI: --overwrite) to "
-                                  f"replace it")
+            raise FileExistsError(f"{splits_dst} already exists; use --overwrite to replace it")
 
     file_ending = dataset_json.get("file_ending", ".nii.gz")
     with staged_dataset_folder(target, overwrite=overwrite) as staging:
         for split in ("Tr", "Ts"):
             if (source / f"images{split}").is_dir():
-                _copy_images(source / f"images{split}", staging / f"images{split}", source_channels, file_ending)
+                _copy_images(source / f"images{split}", staging / f"images{split}", source_channels, file_ending,
+                             progress)
             if (source / f"labels{split}").is_dir():
                 shutil.copytree(source / f"labels{split}", staging / f"labels{split}", copy_function=shutil.copyfile)
         new_json = dict(dataset_json)

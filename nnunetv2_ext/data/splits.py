@@ -195,7 +195,7 @@ def append_few_shot_splits(splits_file: str | os.PathLike, fractions: Sequence[f
     if index_file.exists():
         if not overwrite:
             raise FileExistsError(f"few-shot folds were already appended to {splits_file} (see {index_file}); "
-                                  f"pass overwrite=True (--overwrite) to rebuild them")
+                                  f"use --overwrite to rebuild them")
         old_index = load_json(index_file)
         folds = [int(e["fold"]) for e in old_index]
         n_original = min(folds) if folds else len(splits)
@@ -240,7 +240,7 @@ def write_monai_splits(splits_file: str | os.PathLike, folds_json_path: str | os
         raise ValueError(f"{folds_json_path} is not valid JSON: {e}") from e
     splits = splits_from_monai_folds(folds_json, case_ids)
     if splits_file.exists() and not overwrite:
-        raise FileExistsError(f"{splits_file} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{splits_file} already exists; use --overwrite to replace it")
     splits_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(splits, splits_file, overwrite=True)
     stale_index = splits_file.parent / FEW_SHOT_INDEX

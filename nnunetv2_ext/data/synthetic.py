@@ -10,7 +10,6 @@ SimpleITK (which uses ``x, y, z``).
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from nnunetv2_ext.data.raw_dataset import staged_dataset_folder
+from nnunetv2_ext.data.raw_dataset import raw_dataset_target, staged_dataset_folder
 
 MODALITIES = ("T1", "T1Gd", "T2", "FLAIR")
 
@@ -171,21 +170,17 @@ def make_brats_like_dataset(raw_root: str | Path, dataset_id: int = 991, name: s
         Path of the written dataset folder.
 
     Raises:
-        ValueError: On invalid arguments.
+        ValueError: On invalid arguments, or when ``raw_root`` holds another dataset with the same id.
         FileExistsError: If the dataset folder exists and ``overwrite`` is False.
     """
     shape, spacing, modalities = _validate(shape, spacing, modalities)
-    if not 1 <= int(dataset_id) <= 999:
-        raise ValueError(f"dataset_id must be in 1..999; got {dataset_id}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-        raise ValueError(f"name must consist of letters, digits, '_' and '-'; got {name!r}")
+    target = raw_dataset_target(raw_root, dataset_id, name, overwrite)
     if n_train < 2:
         raise ValueError(f"n_train must be >= 2; got {n_train}")
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0; got {n_test}")
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
-    target = Path(raw_root) / f"Dataset{int(dataset_id):03d}_{name}"
     with staged_dataset_folder(target, overwrite=overwrite) as staging:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (staging / sub).mkdir()

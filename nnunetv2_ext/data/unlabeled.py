@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunetv2_ext.data.image_checks import count_non_finite
 from nnunetv2_ext.data.raw_dataset import staged_dataset_folder
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -106,7 +107,7 @@ def _add(cases: dict[str, dict[str, Path]], problems: dict[str, str], case: str,
     files = cases.setdefault(case, {})
     if modality in files and files[modality] != path:
         problems[case] = (f"more than one file for modality {modality}: {files[modality].name} and {path.name}; "
-                          "remove one or pass an explicit pattern (CLI: --pattern)")
+                          "remove one or give --pattern")
     else:
         files[modality] = path
 
@@ -153,8 +154,8 @@ def _discover(images_dir: Path, modalities: Sequence[str], pattern: str | None
     top_images = [p for p in entries if p.is_file() and _split_suffix(p.name)]
     if folders and top_images:
         raise ValueError(f"{images_dir} mixes case sub-folders ({folders[0].name}, ...) and image files at the top "
-                         f"level ({top_images[0].name}, ...), so the layout is ambiguous; pass an explicit pattern "
-                         "(CLI: --pattern), e.g. '{case}/{case}_{modality}.nii.gz' or '{case}_{modality}.nii.gz'")
+                         f"level ({top_images[0].name}, ...), so the layout is ambiguous; give --pattern, "
+                         "e.g. '{case}/{case}_{modality}.nii.gz' or '{case}_{modality}.nii.gz'")
     for folder in folders:  # layout (a): DIR/<case>/<..._mod>.ext
         cases[folder.name] = {}
         for path in sorted(f for f in folder.iterdir() if f.is_file() and _visible(f)):
@@ -219,8 +220,8 @@ def find_cases(images_dir: str | Path, modalities: Sequence[str], pattern: str |
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; pass the folder that "
-                                "holds the scans (CLI: --images)")
+        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; give --images the "
+                                "folder that holds the scans")
     cases, problems = _discover(images_dir, _check_modalities(modalities), pattern)
     if problems:
         case, reason = next(iter(problems.items()))
@@ -266,29 +267,6 @@ def _read_error(exc: Exception) -> str:
     return msg or type(exc).__name__
 
 
-def _count_non_finite(path: Path, img: sitk.Image) -> tuple[int, int] | None:
-    """``(NaN count, inf count)`` of a scalar image, or None if all voxels are finite.
-
-    ITK's NIfTI reader (ITK < 6, InsightSoftwareConsortium/ITK#6683) silently turns NaN and inf into 0, so for NIfTI
-    files the voxels are read again with nibabel; the files are copied unchanged, and nibabel-based readers (nnU-Net's
-    ``NibabelIO``) would see the NaNs.
-    """
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        import nibabel
-
-        nii = nibabel.load(str(path))
-        if not np.issubdtype(nii.get_data_dtype(), np.inexact):
-            return None
-        array = np.asanyarray(nii.dataobj)
-    else:
-        array = sitk.GetArrayViewFromImage(img)
-        if not np.issubdtype(array.dtype, np.inexact):
-            return None
-    if np.isfinite(array).all():
-        return None
-    return int(np.isnan(array).sum()), int(np.isinf(array).sum())
-
-
 def _case_problem(files: dict[str, Path], modalities: Sequence[str], out_images: Path, out_labels: Path,
                   case_id: str) -> str | None:
     """Check one case and write it; return why it is bad (and leave nothing written) or None on success.
@@ -324,7 +302,7 @@ def _case_problem(files: dict[str, Path], modalities: Sequence[str], out_images:
                     return (f"geometry mismatch: {what} of {modalities[0]} is {_fmt(a)} but {what} of {m} is "
                             f"{_fmt(b)}")
             try:
-                non_finite = _count_non_finite(src, img)
+                non_finite = count_non_finite(src, img)
             except Exception as exc:  # nibabel raises a variety of errors on corrupt NIfTI data
                 return f"cannot read the voxels of {m} file {src} with nibabel: {type(exc).__name__}: {exc}"
             if non_finite:
@@ -430,8 +408,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1; got {num_processes}")
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; pass the folder that "
-                                "holds the scans (CLI: --images)")
+        raise FileNotFoundError(f"images folder {images_dir} does not exist or is not a folder; give --images the "
+                                "folder that holds the scans")
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     if _is_within(target, images_dir) or _is_within(images_dir, target):
         raise ValueError(f"the dataset folder {target} and the input folder {images_dir} overlap; the input must "
@@ -442,7 +420,7 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
         raise ValueError(f"dataset id {dataset_id} is already used by {', '.join(others)} in {raw_root}; nnU-Net "
                          f"dataset ids must be unique: choose another id or remove that dataset")
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise FileExistsError(f"{target} already exists; use --overwrite to replace it")
 
     cases, problems = _discover(images_dir, modalities, pattern)
     cases = dict(sorted(cases.items()))
@@ -474,8 +452,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
                 if case not in problems]
         for case in cases:
             if case in problems and not skip_bad:
-                raise ValueError(f"case {case!r} is bad: {problems[case]} (pass skip_bad=True / --skip-bad to skip "
-                                 "bad cases)")
+                raise ValueError(f"case {case!r} is bad: {problems[case]} (run without --strict to skip bad "
+                                 "cases and list them in import_report.json)")
         report.skipped.update({case: problems[case] for case in cases if case in problems})
         bar = tqdm(total=len(jobs), desc=target.name, file=sys.stderr, disable=not progress)
         pool = multiprocessing.get_context("spawn").Pool(num_processes) if num_processes > 1 else None
@@ -488,8 +466,8 @@ def import_unlabeled_dataset(images_dir: str | Path, raw_root: str | Path, datas
                 elif skip_bad:
                     report.skipped[case] = problem
                 else:
-                    raise ValueError(f"case {case!r} is bad: {problem} (fix or remove it, or pass skip_bad=True / "
-                                     "--skip-bad to skip bad cases)")
+                    raise ValueError(f"case {case!r} is bad: {problem} (fix or remove it, or run without "
+                                     "--strict to skip bad cases)")
         finally:
             bar.close()
             if pool:

@@ -20,11 +20,13 @@ import csv
 import math
 import multiprocessing
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from nnunetv2_ext.io_utils import atomic_write_json, json_safe, load_json
 
@@ -392,7 +394,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                      dataset_json: Mapping[str, Any] | str | os.PathLike, file_ending: str = ".nii.gz",
                      num_processes: int = 1, output: str | os.PathLike | None = None,
                      strict: bool = True, lesion_wise: str | None = None,
-                     lesion_labels: Mapping[str, int] | str | None = None) -> dict[str, Any]:
+                     lesion_labels: Mapping[str, int] | str | None = None, overwrite: bool = False,
+                     progress: bool = False) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
     Images are read with SimpleITK; the spacing comes from the reference image, reversed to numpy order.
@@ -418,6 +421,9 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
             for :data:`~nnunetv2_ext.evaluation.lesionwise.CHALLENGE_LABELS` /
             :data:`~nnunetv2_ext.evaluation.lesionwise.NNUNET_LABELS`; default: inferred (see
             :func:`_lesion_wise_setup`).
+        overwrite: replace an existing ``output`` (and its ``.csv``); without it they are refused before any
+            case is scored.
+        progress: a tqdm bar over the cases on stderr.
 
     Returns:
         ``{'cases': {case: {region: {metric: value}}}, 'mean': {region: {metric: mean}},
@@ -436,7 +442,11 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder")
     if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+        raise ValueError(f"-np (worker processes) must be >= 1, got {num_processes}")
+    if output is not None and not overwrite:
+        for path in (Path(output), Path(output).with_suffix(".csv")):
+            if path.exists():
+                raise FileExistsError(f"{path} already exists; use --overwrite to replace it")
     if not isinstance(dataset_json, Mapping):
         dataset_json = load_json(dataset_json)
     regions = regions_from_dataset_json(dataset_json)
@@ -456,19 +466,26 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     missing = sorted(set(refs) - set(preds))
     if missing and (strict or len(preds) >= len(refs)):
         raise ValueError(f"{len(missing)} reference case(s) in {ref_dir} have no prediction{file_ending} in "
-                         f"{pred_dir}: {missing[:10]}{' ...' if len(missing) > 10 else ''}; predict them, or pass "
-                         f"strict=False to evaluate only the predicted cases")
+                         f"{pred_dir}: {missing[:10]}{' ...' if len(missing) > 10 else ''}; predict them, or use "
+                         f"--partial to evaluate only the predicted cases")
     if not preds:
         raise ValueError(f"no *{file_ending} predictions in {pred_dir}")
 
     jobs = [(case, str(refs[case]), str(preds[case]), regions, lw_job) for case in sorted(preds)]
-    if num_processes == 1:
-        results = [_evaluate_case(job) for job in jobs]
-    else:
-        # fork: workers inherit the imported MONAI/torch (seconds to import); they never touch CUDA
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(min(num_processes, len(jobs))) as pool:
-            results = pool.map(_evaluate_case, jobs)
+    with tqdm(total=len(jobs), desc=f"evaluate {pred_dir.name}", file=sys.stderr, disable=not progress) as bar:
+        if num_processes == 1:
+            results = []
+            for job in jobs:
+                results.append(_evaluate_case(job))
+                bar.update()
+        else:
+            # fork: workers inherit the imported MONAI/torch (seconds to import); they never touch CUDA
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            with multiprocessing.get_context(method).Pool(min(num_processes, len(jobs))) as pool:
+                results = []
+                for result in pool.imap(_evaluate_case, jobs):
+                    results.append(result)
+                    bar.update()
     cases = dict(results)
 
     mean: dict[str, dict[str, float]] = {}

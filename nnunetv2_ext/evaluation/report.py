@@ -17,12 +17,14 @@ import csv
 import json
 import os
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from nnunetv2_ext.evaluation.metrics import evaluate_folders
 
@@ -116,14 +118,14 @@ def fold_metrics(fold_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         cached = json.loads(cache.read_text())
         if lesion_wise is None or (cached.get("lesion_wise") or {}).get("definition") == lesion_wise:
             return cached
-    return evaluate_folders(gt_dir, validation, dataset_json, num_processes=num_processes, output=cache, strict=False,
-                            lesion_wise=lesion_wise, lesion_labels=lesion_labels)
+    return evaluate_folders(gt_dir, validation, dataset_json, num_processes=num_processes, output=cache,
+                            overwrite=True, strict=False, lesion_wise=lesion_wise, lesion_labels=lesion_labels)
 
 
 def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[str]] = None,
             configuration: Optional[str] = None, gt_dir: str | os.PathLike | None = None,
             num_processes: int = 1, lesion_wise: Optional[str] = None,
-            lesion_labels: Optional[str] = None) -> List[FoldResult]:
+            lesion_labels: Optional[str] = None, progress: bool = False) -> List[FoldResult]:
     """Score every fold's validation predictions under ``$nnUNet_results/DatasetXXX_Name``.
 
     Args:
@@ -133,6 +135,7 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
         gt_dir: reference segmentations (default ``$nnUNet_preprocessed/<dataset>/gt_segmentations``).
         lesion_wise: a BraTS lesion-wise definition (``'2023'``, ``'2024'``, ...) to score as well.
         lesion_labels: its label convention, ``'challenge'`` or ``'nnunet'`` (default: read from the dataset.json).
+        progress: a tqdm bar over the folds on stderr.
 
     Raises:
         FileNotFoundError: the folder or the references do not exist; ValueError: no fold has predictions.
@@ -146,16 +149,18 @@ def collect(results_dataset_dir: str | os.PathLike, trainers: Optional[Sequence[
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"reference segmentations {gt_dir} do not exist (pass --gt, e.g. the raw labelsTr)")
-    results = []
+    folds = []
     for model in sorted(p for p in root.iterdir() if p.is_dir() and p.name.count("__") == 2):
         trainer, _, config = model.name.split("__")
         if (trainers and trainer not in trainers) or (configuration and config != configuration):
             continue
-        for fold_dir in sorted(model.glob("fold_*")):
-            summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes, lesion_wise,
-                                   lesion_labels)
-            if summary is not None:
-                results.append(FoldResult(model.name, fold_dir.name[len("fold_"):], summary))
+        folds.extend((model, fold_dir) for fold_dir in sorted(model.glob("fold_*")))
+    results = []
+    for model, fold_dir in tqdm(folds, desc=f"report {root.name}", unit="fold", file=sys.stderr,
+                                disable=not progress):
+        summary = fold_metrics(fold_dir, gt_dir, model / "dataset.json", num_processes, lesion_wise, lesion_labels)
+        if summary is not None:
+            results.append(FoldResult(model.name, fold_dir.name[len("fold_"):], summary))
     if not results:
         raise ValueError(f"no fold under {root} has validation predictions (run nnUNetv2_train first)")
     return results
@@ -352,14 +357,15 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
                  trainers: Optional[Sequence[str]] = None, configuration: Optional[str] = None,
                  gt_dir: str | os.PathLike | None = None, few_shot_index: str | os.PathLike | None = None,
                  num_processes: int = 1, overwrite: bool = False, lesion_wise: Optional[str] = None,
-                 rank_by: Optional[str] = None, lesion_labels: Optional[str] = None) -> Dict[str, Path]:
+                 rank_by: Optional[str] = None, lesion_labels: Optional[str] = None,
+                 progress: bool = False) -> Dict[str, Path]:
     """Write ``table_models.md/.csv`` (Multi-encoder nnU-Net Table 1, folds 0-4 or whatever folds exist outside the
     few-shot ones), ``table_folds.md/.csv`` (BrainSegFounder Table 4) and, if a few-shot index exists (default: the
     ``few_shot_index.json`` beside the dataset's splits_final.json), ``few_shot.md/.csv`` and ``few_shot.png``.
 
     ``lesion_wise`` (a BraTS definition, e.g. ``'2023'``; its label convention ``lesion_labels``, default read from
     the dataset.json) adds the challenge's lesion-wise scores to the fold summaries and the models table; ``rank_by``
-    (see :func:`table_models`) ranks the models table.
+    (see :func:`table_models`) ranks the models table; ``progress`` shows a bar over the folds scored.
 
     Raises:
         FileExistsError: ``output_dir`` holds a report and ``overwrite`` is False.
@@ -368,7 +374,10 @@ def write_report(results_dataset_dir: str | os.PathLike, output_dir: str | os.Pa
     out = Path(output_dir)
     if (out / "table_models.md").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a report; pass --overwrite to replace it")
-    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes, lesion_wise, lesion_labels)
+    if rank_by is not None:
+        parse_rank_by(rank_by)  # a malformed --rank-by fails before any fold is scored
+    results = collect(results_dataset_dir, trainers, configuration, gt_dir, num_processes, lesion_wise, lesion_labels,
+                      progress)
     if few_shot_index is None:
         from nnunetv2.paths import nnUNet_preprocessed
         candidate = Path(nnUNet_preprocessed.get() or "") / Path(results_dataset_dir).name / "few_shot_index.json"

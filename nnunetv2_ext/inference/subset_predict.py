@@ -122,11 +122,53 @@ def _preprocessed_cases(predictor, cases: Dict[str, Dict[int, str]], n_channels:
                "data_properties": properties, "ofile": os.path.join(output_folder, case)}
 
 
+def _check_run(model_folder: str, folds: Sequence[Union[int, str]], checkpoint: str, device: Union[str, torch.device],
+               num_processes: int, tile_step_size: float) -> torch.device:
+    """Everything about the run that can be checked before the model is loaded; returns the device.
+
+    Raises:
+        ValueError: a count below 1, a step size outside (0, 1], an unknown device or one this machine lacks.
+        FileNotFoundError: a fold's checkpoint is missing (the folds that have it are named).
+    """
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"-nps (processes for the segmentation export) must be an integer >= 1; got {num_processes!r}")
+    if not 0 < tile_step_size <= 1:
+        raise ValueError(f"-step_size must be in (0, 1] (nnU-Net's default 0.5); got {tile_step_size}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"-device {device!r} is not a device: use cuda, cpu or mps ({e})") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("-device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False); "
+                         "use -device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("-device mps: MPS is not available on this machine; use -device cpu")
+    if device.type not in ("cuda", "cpu", "mps"):
+        raise ValueError(f"-device {device.type}: use cuda, cpu or mps")
+    if not folds:
+        raise ValueError("-f: give at least one fold")
+    missing = [os.path.join(f"fold_{f}", checkpoint) for f in folds
+               if not os.path.isfile(os.path.join(model_folder, f"fold_{f}", checkpoint))]
+    if missing:
+        have = sorted(d[len("fold_"):] for d in os.listdir(model_folder)
+                      if d.startswith("fold_") and os.path.isfile(os.path.join(model_folder, d, checkpoint)))
+        raise FileNotFoundError(f"{model_folder} lacks {missing}: check -f and -chk (folds with {checkpoint}: "
+                                f"{have or 'none'})")
+    return device
+
+
 def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_folder: PathLike,
                         modalities_present: Union[Sequence[str], str], folds: Sequence[Union[int, str]] = (0,),
                         checkpoint: str = "checkpoint_final.pth", device: Union[str, torch.device] = "cpu",
-                        overwrite: bool = False, num_processes: int = 1, use_mirroring: bool = True) -> List[str]:
+                        overwrite: bool = False, num_processes: int = 1, use_mirroring: bool = True, *,
+                        tile_step_size: float = 0.5, save_probabilities: bool = False,
+                        continue_prediction: bool = False, verbose: bool = False) -> List[str]:
     """Segment every case of ``input_folder`` from the ``modalities_present`` only, with a trained multi-encoder.
+
+    Everything that can be checked is checked before anything is written (modalities, input files, the output
+    folder, the device, every fold's checkpoint, the process counts); the segmentations are written into a hidden
+    staging folder beside ``output_folder`` and moved into it at the end, so a failed run leaves ``output_folder``
+    as it was.
 
     Args:
         model_folder: ``TRAINER__PLANS__CONFIGURATION`` folder (``model_folder_from_args``).
@@ -137,10 +179,15 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
         modalities_present: dataset.json ``channel_names``, e.g. ``["T1", "FLAIR"]`` or ``"T1,FLAIR"``; with every
             modality the result is nnUNetv2_predict's.
         folds, checkpoint: as nnUNetv2_predict's ``-f`` and ``-chk`` (several folds are averaged).
-        device: ``cpu``, ``cuda`` or ``mps``.
-        overwrite: allow a non-empty output folder.
-        num_processes: processes that resample and write the segmentations.
+        device: ``cpu``, ``cuda`` or ``mps``; one this machine lacks is refused before anything is written.
+        overwrite: allow a non-empty output folder (files of the same name are replaced).
+        num_processes: processes that resample and write the segmentations (nnUNetv2_predict's ``-nps``), >= 1.
         use_mirroring: test-time mirroring, on the axes the checkpoint allows (none for the ``_debug`` trainers).
+        tile_step_size: sliding-window step, in (0, 1] (``-step_size``).
+        save_probabilities: also write nnU-Net's ``.npz`` / ``.pkl`` probabilities (``--save_probabilities``).
+        continue_prediction: keep the segmentations already in ``output_folder`` and predict only the other cases
+            (``--continue_prediction``).
+        verbose: nnU-Net's predictor talks (``--verbose``).
 
     Returns:
         the written segmentation files.
@@ -150,24 +197,33 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
 
     Raises:
         ValueError: unknown modality, a case without one of the present modalities' files, modalities that share an
-            encoder given in part, a model that is not a multi-encoder, a cascade configuration.
-        FileExistsError: ``output_folder`` is not empty and ``overwrite`` is False.
-        FileNotFoundError: no input images.
+            encoder given in part, a model that is not a multi-encoder, a cascade configuration, an unavailable
+            device, a count below 1.
+        FileExistsError: ``output_folder`` is not empty and neither ``overwrite`` nor ``continue_prediction``.
+        FileNotFoundError: no input images, a fold without the checkpoint.
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunetv2_ext.data.raw_dataset import staged_dataset_folder
 
     model_folder, input_folder, output_folder = map(os.fspath, (model_folder, input_folder, output_folder))
     dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
     names = channel_names(dataset_json)
     channels = _channels_of(modalities_present, names)
     cases = _find_cases(input_folder, dataset_json["file_ending"], channels, names)
-    if os.path.isdir(output_folder) and os.listdir(output_folder) and not overwrite:
-        raise FileExistsError(f"output folder {output_folder} is not empty: choose an empty one or pass overwrite")
+    existing = os.listdir(output_folder) if os.path.isdir(output_folder) else []
+    if existing and not (overwrite or continue_prediction):
+        raise FileExistsError(f"output folder {output_folder} is not empty: choose an empty one, use --overwrite to "
+                              f"replace its files or --continue_prediction to predict only the missing cases")
+    device = _check_run(model_folder, folds, checkpoint, device, num_processes, tile_step_size)
+    if continue_prediction:
+        cases = {c: f for c, f in cases.items() if c + dataset_json["file_ending"] not in existing}
+        if not cases:
+            return []
 
-    device = torch.device(device)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
+                                verbose_preprocessing=verbose, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name=checkpoint)
     network = getattr(predictor.network, "_orig_mod", predictor.network)
     if not isinstance(network, MultiEncoderUNet):
@@ -187,12 +243,14 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
                           f"nnUNetTrainerMultiEncoderModalityDropout for missing modalities", stacklevel=2)
         network.encoder.inference_present = present
 
-    os.makedirs(output_folder, exist_ok=True)
-    save_json(dataset_json, os.path.join(output_folder, "dataset.json"), sort_keys=False)
-    save_json(predictor.plans_manager.plans, os.path.join(output_folder, "plans.json"), sort_keys=False)
-    save_json({"model_folder": model_folder, "input_folder": input_folder, "modalities_present":
-               [names[c] for c in channels], "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-               "use_mirroring": use_mirroring}, os.path.join(output_folder, "predict_with_subset_args.json"))
-    predictor.predict_from_data_iterator(_preprocessed_cases(predictor, cases, len(names), output_folder),
-                                         save_probabilities=False, num_processes_segmentation_export=num_processes)
+    with staged_dataset_folder(output_folder, overwrite=True, merge=True) as staging:
+        save_json(dataset_json, os.path.join(staging, "dataset.json"), sort_keys=False)
+        save_json(predictor.plans_manager.plans, os.path.join(staging, "plans.json"), sort_keys=False)
+        save_json({"model_folder": model_folder, "input_folder": input_folder, "modalities_present":
+                   [names[c] for c in channels], "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+                   "use_mirroring": use_mirroring, "tile_step_size": tile_step_size},
+                  os.path.join(staging, "predict_with_subset_args.json"))
+        predictor.predict_from_data_iterator(_preprocessed_cases(predictor, cases, len(names), str(staging)),
+                                             save_probabilities=save_probabilities,
+                                             num_processes_segmentation_export=num_processes)
     return [os.path.join(output_folder, case + dataset_json["file_ending"]) for case in cases]

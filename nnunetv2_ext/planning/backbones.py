@@ -471,18 +471,14 @@ def write_backbone_plans(dataset: str | int, name: str, source_plans: str = "nnU
     Raises:
         FileNotFoundError: the source plans, dataset.json or preset file is missing (with the command that makes it).
         FileExistsError: the target plans exist and ``overwrite`` is False.
-        ValueError: see :func:`derive_backbone_plans`.
+        ValueError: see :func:`derive_backbone_plans`; the target would be the source plans.
     """
-    from nnunetv2_ext.io_utils import atomic_write_json, load_json, preprocessed_dataset_folder
+    from nnunetv2_ext.io_utils import atomic_write_json
+    from nnunetv2_ext.planning.plans_files import check_output_name, read_planning_inputs
 
     backbone_spec(name)
-    folder = preprocessed_dataset_folder(dataset)
-    source_file = folder / f"{source_plans}.json"
-    if not source_file.is_file():
-        raise FileNotFoundError(f"{source_file} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "
-                                f"(or pass --source-plans with an existing plans name)")
-    preset = load_json(preset_file) if preset_file is not None else None
-    new, notes = derive_backbone_plans(load_json(source_file), load_json(folder / "dataset.json"), name, plans_name,
-                                       preset, **options)
+    folder, plans, dataset_json, preset = read_planning_inputs(dataset, source_plans, preset_file)
+    new, notes = derive_backbone_plans(plans, dataset_json, name, plans_name, preset, **options)
+    check_output_name(new["plans_name"], source_plans)
     path = atomic_write_json(new, folder / f"{new['plans_name']}.json", overwrite=overwrite)
     return str(path), notes

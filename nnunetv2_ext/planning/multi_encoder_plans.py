@@ -229,15 +229,12 @@ def write_multi_encoder_plans(dataset: str | int, source_plans: str = "nnUNetPla
     Raises:
         FileNotFoundError: the source plans, dataset.json or preset file is missing (with the command that makes it).
         FileExistsError: the target plans exist and ``overwrite`` is False.
+        ValueError: the target would be the source plans (``plans_name == source_plans``).
     """
-    from nnunetv2_ext.io_utils import atomic_write_json, load_json, preprocessed_dataset_folder
+    from nnunetv2_ext.io_utils import atomic_write_json
+    from nnunetv2_ext.planning.plans_files import check_output_name, read_planning_inputs
 
-    folder = preprocessed_dataset_folder(dataset)
-    source_file = folder / f"{source_plans}.json"
-    if not source_file.is_file():
-        raise FileNotFoundError(f"{source_file} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "
-                                f"(or pass --source-plans with an existing plans name)")
-    plans = load_json(source_file)
-    preset = load_json(preset_file) if preset_file is not None else None
-    new = derive_multi_encoder_plans(plans, load_json(folder / "dataset.json"), plans_name, preset, **options)
+    folder, plans, dataset_json, preset = read_planning_inputs(dataset, source_plans, preset_file)
+    new = derive_multi_encoder_plans(plans, dataset_json, plans_name, preset, **options)
+    check_output_name(new["plans_name"], source_plans)
     return str(atomic_write_json(new, folder / f"{new['plans_name']}.json", overwrite=overwrite))

@@ -472,7 +472,7 @@ def write_results(scores: Mapping[Run, dict], out_dir: str | os.PathLike,
     """
     out = Path(out_dir)
     if (out / RESULTS_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{out / RESULTS_FILE} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out / RESULTS_FILE} already exists; use --overwrite to replace it")
     labels = {m: m for m in _index(scores)}
     labels.update(methods_labels or {})
     out.mkdir(parents=True, exist_ok=True)

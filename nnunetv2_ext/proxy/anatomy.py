@@ -834,7 +834,7 @@ def make_proxy(out_dir: str | Path, spec: ProxySpec = ProxySpec(), overwrite: bo
     target_dir = raw_dataset_target(raw_root, spec.target_id, spec.target_name, overwrite)
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists() and not overwrite:
-        raise FileExistsError(f"{manifest_path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise FileExistsError(f"{manifest_path} already exists; use --overwrite to replace it")
     nilearn = _nilearn()
     load_anatomy(float(spec.resolution))  # before forking, so that the workers share the cache
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json

@@ -6,9 +6,13 @@ package's trainers is constructed, ``install_hook`` wraps that module-level func
 built by one of our trainers it calls the trainer's ``load_pretrained_weights`` (the transfer with a report); for any
 other network it calls nnU-Net's original function unchanged, so nnU-Net's own trainers behave exactly as before.
 Each DDP worker constructs its trainer before loading weights, so the hook is installed there too.
+
+A file the transfer refuses (not a PyTorch checkpoint, an unknown format, nothing matching) ends the run as the
+``nnunetv2_ext`` command ends on bad input: the message on stderr and exit code 2, with no traceback.
 """
 from __future__ import annotations
 
+import sys
 import weakref
 
 _OWNERS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
@@ -30,7 +34,11 @@ def install_hook() -> None:
         trainer = _OWNERS.get(id(network))
         if trainer is None:
             return original(network, fname, verbose=verbose)
-        return trainer.load_pretrained_weights(fname)
+        try:
+            return trainer.load_pretrained_weights(fname)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"nnUNetv2_train: error: -pretrained_weights {fname}: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from e
 
     load_pretrained_weights._nnunetv2_ext_hook = True
     load_pretrained_weights.__wrapped__ = original

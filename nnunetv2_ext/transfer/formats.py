@@ -231,7 +231,7 @@ def _read_nnssl(path: Path, obj: Any, options: ReadOptions) -> ExternalWeights:
     if only_encoder:
         dropped = _non_alias(state, list(rest), {k for k in state if to_target(k) is not None})
         notes.append("encoder-only load (nnssl's adaptation contract: stem and encoder are the transferable part; "
-                     "pass encoder_only=False to offer the pretraining decoder too)"
+                     "read_weights(encoder_only=False) offers the pretraining decoder too)"
                      + (f": {_dropped_note(dropped, 'pretraining tensors')}" if dropped else ""))
     else:
         clash = [k for k in rest if k in mapped_state]

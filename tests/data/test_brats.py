@@ -177,25 +177,22 @@ def test_bad_cases_skipped_and_reported(tmp_path):
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["BraTS2021_00000.nii.gz"]
 
 
-def test_non_finite_voxels_are_a_bad_case(tmp_path, monkeypatch):
-    # ITK's NIfTI reader already turns NaN/inf into 0, so inject them behind SimpleITK to reach the check.
+def test_non_finite_voxels_are_a_bad_case(tmp_path):
+    # a real file: ITK's NIfTI reader turns NaN/inf into 0, so the check must read the voxels with nibabel
     root = make_fake_brats(tmp_path / "in", "gli", n=2)
-    read = sitk.ReadImage
-
-    def read_with_nan(path, *args, **kwargs):
-        image = read(path, *args, **kwargs)
-        if str(path).endswith("BraTS-GLI-00001-000-t2f.nii.gz"):
-            array = sitk.GetArrayFromImage(image)
-            array[3, 3, 3], array[4, 4, 4] = np.nan, np.inf
-            array_image = sitk.GetImageFromArray(array)
-            array_image.CopyInformation(image)
-            image = array_image
-        return image
-
-    monkeypatch.setattr(sitk, "ReadImage", read_with_nan)
-    only_reason = r"BraTS-GLI-00001-000: BraTS-GLI-00001-000-t2f.nii.gz: 2 NaN/inf voxel value\(s\)$"
+    flair = _path(root, "gli", 1, "t2f")
+    array = _read(flair)
+    array[3, 3, 3], array[4, 4, 4] = np.nan, np.inf
+    _write(array, flair)
+    before = _hashes(root)
+    only_reason = (r"BraTS-GLI-00001-000: BraTS-GLI-00001-000-t2f.nii.gz: 2 NaN/inf voxel value\(s\) "
+                   r"\(1 NaN, 1 inf\)$")
     with pytest.raises(ValueError, match=only_reason):
         convert_brats(root, tmp_path / "raw", name="GLI")
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+    folder, report = convert_brats(root, tmp_path / "raw", name="GLI", skip_bad=True)
+    assert list(report.skipped) == ["BraTS-GLI-00001-000"] and report.converted == ["BraTS-GLI-00000-000"]
+    assert _hashes(root) == before
 
 
 def test_gli_rejects_resection_cavity(tmp_path):
@@ -243,7 +240,7 @@ def test_to_brats_labels_round_trip(fake, tmp_path):
             (src.GetSize(), src.GetSpacing(), src.GetOrigin(), src.GetDirection())
     # without dataset.json the layout comes from the argument; a conflicting argument is refused
     bare = _as_predictions(folder, tmp_path / "bare", with_json=False)
-    with pytest.raises(ValueError, match="pass layout="):
+    with pytest.raises(ValueError, match="use --layout"):
         to_brats_labels(bare, tmp_path / "x")
     to_brats_labels(bare, tmp_path / "back2", layout=layout)
     assert _hashes(tmp_path / "back2") == _hashes(tmp_path / "back")

@@ -128,7 +128,7 @@ def test_failed_rename_puts_the_existing_destination_back(existing, monkeypatch)
 
 def test_refusal_without_overwrite(existing):
     before = _contents(existing)
-    with pytest.raises(FileExistsError, match=r"Dataset001_X already exists; pass overwrite=True \(CLI: --overwrite\)"):
+    with pytest.raises(FileExistsError, match=r"Dataset001_X already exists; use --overwrite"):
         with staged_dataset_folder(existing):
             pytest.fail("the block must not run")
     assert _contents(existing) == before and _hidden(existing.parent) == []
@@ -157,7 +157,7 @@ def test_merge_into_an_existing_folder(tmp_path):
     with staged_dataset_folder(out, merge=True) as staging:  # an empty folder needs no overwrite
         (staging / "a.nii.gz").write_text("a1")
     (out / "keep.txt").write_text("k")
-    with pytest.raises(FileExistsError, match=r"out is not empty; pass overwrite=True \(CLI: --overwrite\) to write"):
+    with pytest.raises(FileExistsError, match=r"out is not empty; use --overwrite to write"):
         with staged_dataset_folder(out, merge=True):
             pass
     with staged_dataset_folder(out, overwrite=True, merge=True) as staging:

@@ -63,9 +63,14 @@ def test_subset_in_given_order(roots):
 
 
 def test_repeated_channel(roots):
-    """One modality fed to two input channels, as BrainSegFounder (sec. 2.4.4) adapts a two-channel model."""
+    """One modality fed to two input channels, as BrainSegFounder (sec. 2.4.4) adapts a two-channel model: only when
+    asked for (a repeated name is otherwise refused before anything is written)."""
     raw, _ = roots
-    new = restrict_dataset(raw, "Dataset004_Src", ["T1", "T1"], 105, new_name="T1twice")
+    before = sorted(p.name for p in raw.iterdir())
+    with pytest.raises(ValueError, match=r"--channels T1,T1 names \['T1'\] more than once.*--allow-repeated-channels"):
+        restrict_dataset(raw, "Dataset004_Src", ["T1", "T1"], 105, new_name="T1twice")
+    assert sorted(p.name for p in raw.iterdir()) == before
+    new = restrict_dataset(raw, "Dataset004_Src", ["T1", "T1"], 105, new_name="T1twice", allow_repeated=True)
     assert new.name == "Dataset105_T1twice"
     for c in ("SynBraTS_000", "SynBraTS_001"):
         assert (new / "imagesTr" / f"{c}_0000.nii.gz").read_bytes() == \

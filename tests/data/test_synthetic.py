@@ -146,7 +146,7 @@ def test_overwrite_rules(tmp_path):
     (dict(modalities=("T1", "T3")), "T3"),
     (dict(modalities=()), "modalities"),
     (dict(spacing=(1.0, 0.0, 1.0)), "spacing"),
-    (dict(dataset_id=1000), "dataset_id"),
+    (dict(dataset_id=1000), "dataset id"),
 ])
 def test_validation(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):

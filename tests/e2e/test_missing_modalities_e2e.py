@@ -59,7 +59,7 @@ def test_predict_from_t1_and_flair_only(env: NnUNetEnv, tmp_path: Path):
     out = tmp_path / "pred"
     proc = env.run(console_script("nnunetv2_ext"), "predict", "-i", str(images), "-o", str(out), "-d",
                    str(env.dataset_id), "-f", str(FOLD), "-tr", TRAINER, "-p", PLANS, "--modalities", "T1,FLAIR",
-                   "-device", "cpu")
+                   "-device", "cpu", "-nps", "1")
     assert "wrote 1 segmentations" in proc.stdout
     assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{CASE}.nii.gz"]
     assert_valid_predictions(out, images)

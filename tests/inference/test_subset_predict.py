@@ -227,3 +227,73 @@ def test_checks_happen_before_the_network_is_loaded(model_folder, tmp_path):
         with pytest.raises(ValueError, match=r"case case lacks the present modalities \['FLAIR \(case_0003"):
             predict_with_subset(model_folder, tmp_path, tmp_path / "out", ["T1", "FLAIR"])
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------ validated first, written last (issue 19)
+
+
+def _t1_flair_inputs(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for c in (0, 3):
+        _write_image(folder / f"case_{c:04d}.nii.gz", rng.uniform(0, 1, size=SHAPE).astype(np.float32))
+    return folder
+
+
+def _entries(folder: Path) -> list:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}")) + (
+        sorted(p.name for p in folder.iterdir()) if folder.exists() else [])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(folds=(0, 1)), FileNotFoundError, r"lacks \['fold_1/checkpoint_final.pth'\]: check -f and -chk "
+                                            r"\(folds with checkpoint_final.pth: \['0'\]\)"),
+    (dict(checkpoint="checkpoint_best.pth"), FileNotFoundError, r"fold_0/checkpoint_best.pth.*none"),
+    (dict(num_processes=0), ValueError, r"-nps .* >= 1; got 0"),
+    (dict(tile_step_size=1.5), ValueError, r"-step_size must be in \(0, 1\]"),
+    (dict(device="tpu"), ValueError, r"-device"),
+    (dict(device="cuda"), ValueError, r"CUDA is not available on this machine .*use -device cpu"),
+])
+def test_bad_runs_are_refused_before_anything_is_written(model_folder, tmp_path, monkeypatch, kwargs, error, match):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    inputs, out = _t1_flair_inputs(tmp_path / "in"), tmp_path / "out"
+    with pytest.raises(error, match=match):
+        predict_with_subset(model_folder, inputs, out, "T1,FLAIR", **kwargs)
+    assert _entries(out) == []
+
+
+def test_a_run_failing_after_the_model_loaded_leaves_the_output_as_it_was(model_folder, tmp_path, monkeypatch):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    inputs, out = _t1_flair_inputs(tmp_path / "in"), tmp_path / "out"
+    out.mkdir()
+    (out / "case.nii.gz").write_bytes(b"an earlier prediction")
+
+    def fail_half_way(self, iterator, save_probabilities, num_processes_segmentation_export):
+        first = next(iter(iterator))
+        Path(first["ofile"] + ".nii.gz").write_bytes(b"half")
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(nnUNetPredictor, "predict_from_data_iterator", fail_half_way)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="out of memory"):
+            predict_with_subset(model_folder, inputs, out, "T1,FLAIR", overwrite=True, use_mirroring=False)
+    assert _entries(out) == ["case.nii.gz"] and (out / "case.nii.gz").read_bytes() == b"an earlier prediction"
+
+
+def test_continue_prediction_predicts_only_the_missing_cases(model_folder, tmp_path):
+    inputs, out = _t1_flair_inputs(tmp_path / "in"), tmp_path / "out"
+    rng = np.random.default_rng(3)
+    for c in (0, 3):
+        _write_image(inputs / f"other_{c:04d}.nii.gz", rng.uniform(0, 1, size=SHAPE).astype(np.float32))
+    out.mkdir()
+    (out / "case.nii.gz").write_bytes(b"done before")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = predict_with_subset(model_folder, inputs, out, "T1,FLAIR", use_mirroring=False,
+                                      continue_prediction=True, save_probabilities=True)
+        assert written == [str(out / "other.nii.gz")]
+        assert (out / "case.nii.gz").read_bytes() == b"done before"
+        assert {"other.nii.gz", "other.npz", "other.pkl"} <= set(_entries(out))
+        assert predict_with_subset(model_folder, inputs, out, "T1,FLAIR", continue_prediction=True) == []

@@ -247,8 +247,10 @@ def test_taheri2025_swin_unetr_preset(plans, dataset_json):
 
 
 def test_repo_swin_unetr_preset_is_the_constant():
-    """plans/swin_unetr_taheri2025.json is SWIN_UNETR_TAHERI2025_PRESET as data (the command line reads the file)."""
-    path = Path(__file__).resolve().parents[2] / "plans" / "swin_unetr_taheri2025.json"
+    """The shipped swin_unetr_taheri2025 preset is SWIN_UNETR_TAHERI2025_PRESET as data (the command line reads it)."""
+    from nnunetv2_ext.planning.presets import resolve_preset
+
+    path = resolve_preset("swin_unetr_taheri2025")
     assert json.loads(path.read_text()) == SWIN_UNETR_TAHERI2025_PRESET
 
 

@@ -21,9 +21,10 @@ from nnunetv2_ext.planning.multi_encoder_plans import (
     multi_encoder_architecture,
     parse_encoder_groups,
 )
+from nnunetv2_ext.planning.presets import PRESET_DIR
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REPO_PRESET = Path(__file__).resolve().parents[2] / "plans" / "brats_taheri2025.json"
+REPO_PRESET = PRESET_DIR / "brats_taheri2025.json"
 NAMES = ["T1", "T1Gd", "T2", "FLAIR"]
 RESENC_CLASS = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet"
 
