@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             subprocess.run(["git", "clone", "-q", str(REPO), str(workdir)], check=True)
             env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "NNUNETV2_EXT_VENV")}
             env["QUICKSTART_DIR"] = str(workdir / "quickstart")
-        start = time.time()
+        start, load_start = time.time(), os.getloadavg()[0]
         proc = subprocess.run(["bash", "examples/quickstart.sh"], cwd=workdir, env=env, capture_output=True,
                               text=True)
         wall = time.time() - start
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         if args.overview_to and overview.is_file():
             shutil.copyfile(overview, args.overview_to)
         result.update(commit=commit, fresh_clone=not args.in_place, wall_s=round(wall, 1),
+                      load_average_1min=[round(load_start, 1), round(os.getloadavg()[0], 1)],
                       overview_written=overview.is_file(), date=datetime.date.today().isoformat(),
                       machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
                       if not _has_cuda(workdir) else f"{platform.machine()}, CUDA")
