@@ -5,6 +5,7 @@ build on it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -12,7 +13,7 @@ from typing import Mapping, Optional
 import torch
 from torch import distributed as dist
 
-__all__ = ["TORCHRUN_VARS", "TorchrunEnv", "torchrun_env", "is_distributed", "all_gather_rows"]
+__all__ = ["TORCHRUN_VARS", "TorchrunEnv", "torchrun_env", "is_distributed", "all_gather_rows", "state_digest"]
 
 #: the variables torchrun sets in every worker (torch.distributed.run; also srun + torchrun)
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -80,3 +81,17 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
     parts = dist_nn.all_gather(padded.contiguous())
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of ``module``'s state dict (names, dtypes, shapes and bytes, in key order; DDP's ``module.`` and
+    torch.compile's ``_orig_mod.`` wrappers unwrapped): equal on every data-parallel worker that holds the same
+    weights."""
+    module = getattr(module, "module", module)
+    module = getattr(module, "_orig_mod", module)
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -33,7 +33,7 @@ from nnunetv2.run import run_training as nnunet
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunetv2_ext.distributed import TORCHRUN_VARS, TorchrunEnv, torchrun_env
+from nnunetv2_ext.distributed import TORCHRUN_VARS, TorchrunEnv, state_digest, torchrun_env
 
 __all__ = ["main", "run_training", "worker_device"]
 
@@ -132,6 +132,9 @@ def run_training(dataset_name_or_id: Union[str, int], configuration: str, fold: 
             nnunet.maybe_load_checkpoint(trainer, continue_training, only_run_validation, pretrained_weights)
             if not only_run_validation:
                 trainer.run_training()
+            # every worker, to its own stdout: the same weights everywhere is what data parallelism promises
+            print(f"{PROG}: rank {dist.get_rank()} epoch {trainer.current_epoch} weights sha256 "
+                  f"{state_digest(trainer.network)}", flush=True)
             if val_with_best:
                 trainer.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_best.pth"))
             trainer.perform_actual_validation(export_validation_probabilities)
