@@ -67,3 +67,18 @@ def test_worker_device():
         with pytest.raises(ValueError, match=r"LOCAL_RANK=1 but this node sees .* --nproc_per_node.*"
                                              r"CUDA_VISIBLE_DEVICES"):
             train.worker_device(torch.device("cuda"), env)
+
+
+def test_setup_py_console_scripts_resolve():
+    """Every console script setup.py declares (nnunetv2_ext_train among them) names a function that exists (the
+    installed entry points are only refreshed by a reinstall, so the declaration itself is checked)."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
+    scripts = dict(re.findall(r'"([\w-]+)=([\w.]+:\w+)"', setup))
+    assert scripts["nnunetv2_ext_train"] == "nnunetv2_ext.run.train:main"
+    for target in scripts.values():
+        module, attr = target.split(":")
+        assert callable(getattr(importlib.import_module(module), attr)), target
