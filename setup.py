@@ -35,5 +35,6 @@ setup(
         # `nnunetv2_ext proxy`: the MNI152 2009a template and tissue maps ship inside nilearn's wheel (no download)
         "proxy": ["nilearn>=0.10,<0.16"],
     },
-    entry_points={"console_scripts": ["nnunetv2_ext=nnunetv2_ext.cli:main"]},
+    entry_points={"console_scripts": ["nnunetv2_ext=nnunetv2_ext.cli:main",
+                                     "nnunetv2_ext_train=nnunetv2_ext.run.train:main"]},
 )

@@ -76,6 +76,16 @@ def _unlabeled_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {folder}: {len(report.written)} cases, {len(report.skipped)} skipped (see import_report.json)")
 
 
+def _fingerprint(args: argparse.Namespace) -> None:
+    from nnunetv2_ext.planning.fingerprint import SUBSET_KEY, extract_subset_fingerprint
+
+    fingerprint = extract_subset_fingerprint(args.d, args.max_cases, seed=args.seed, num_processes=args.np,
+                                             clean=not args.keep)
+    subset = fingerprint.get(SUBSET_KEY)
+    print(f"fingerprint of {args.d}: " + (f"{subset['n_cases']} cases (at most {subset['max_cases']}, seed "
+                                          f"{subset['seed']})" if subset else "kept the existing one"))
+
+
 def _brats_convert(args: argparse.Namespace) -> None:
     from nnunetv2_ext.data.brats import convert_brats
 
@@ -330,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.set_defaults(func=_unlabeled_dataset)
+
+    p = command(sub, "fingerprint", "nnU-Net's dataset fingerprint from a fixed-size random subset of the cases "
+                "(large cohorts: docs/scale.md)")
+    p.add_argument("-d", "--dataset", dest="d", required=True, metavar="DATASET",
+                   help="dataset id or name (as for nnUNetv2_train)")
+    p.add_argument("--max-cases", type=int, default=1000, help="cases read (all if fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subset")
+    p.add_argument("-np", "--np", type=int, default=1, help="worker processes")
+    p.add_argument("--keep", action="store_true", help="keep an existing dataset_fingerprint.json")
+    p.set_defaults(func=_fingerprint)
 
     brats = command(sub, "brats", "BraTS data: conversion to nnU-Net and back").add_subparsers(
         dest="brats_command", required=True)

@@ -77,3 +77,23 @@ def test_quickstart_check_reads_what_the_quickstart_prints():
     assert parsed["dice"] == {"WT": 0.912, "TC": 0.801, "ET": 0.755} and parsed["times"]["total_s"] == 340
     with pytest.raises(ValueError, match="Dice lines"):
         check.parse_quickstart_output(out.replace("(ET)", "(XX)"))
+
+
+def test_scale_data_path_table_and_slopes():
+    """The scaling table of benchmarks/scale_data_path.py from recorded stage results (a run itself takes minutes even
+    at tiny sizes: nnU-Net's fingerprint draws 1e8 samples whatever the cohort): linear time has exponent 1."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("scale_data_path", BENCHMARKS / "scale_data_path.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    per_1000, exponent = scale.slope_and_exponent([250, 1000, 4000], [5.0, 20.0, 80.0])
+    assert per_1000 == pytest.approx(20.0) and exponent == pytest.approx(1.0)
+    assert scale.slope_and_exponent([250, 4000], [30.0, 30.0])[1] == pytest.approx(0.0)
+    results = {n: {stage: {"wall_s": n / 100, "peak_mb": 100.0} for stage in scale.STAGES} for n in (250, 1000)}
+    lines = scale.table(results, subset=250).splitlines()
+    assert lines[0].startswith("| stage | N=250: s / peak MB | N=1000: s / peak MB |")
+    assert lines[2] == "| import | 2.5 / 100 | 10.0 / 100 | 10.0 | 1.00 |"
+    assert lines[-1].startswith("| fingerprint of 250 random cases |")

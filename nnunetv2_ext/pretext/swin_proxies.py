@@ -29,7 +29,7 @@ chunks, box corners and rotation classes only), no file I/O.
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Optional, Tuple, cast
+from typing import Callable, Dict, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -283,22 +283,37 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE
 
 def swin_proxy_losses(reconstruction: torch.Tensor, rotation_logits: torch.Tensor, projection: torch.Tensor,
                       target: torch.Tensor, rotation: torch.Tensor, weights: Optional[Dict[str, float]] = None,
-                      temperature: float = TEMPERATURE) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                      temperature: float = TEMPERATURE,
+                      gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total loss L_tot of Tang et al. 2022 for a batch that holds view 1 of N samples followed by view 2.
 
     ``reconstruction``/``target`` (2N, C, *spatial): L1; ``rotation_logits`` (2N, 4) / ``rotation`` (2N,):
     cross-entropy; ``projection`` (2N, D): NT-Xent between rows n and N + n. ``weights`` default
     :data:`LOSS_WEIGHTS` (all 1). Returns ``(total, {"reconstruction", "rotation", "contrastive"})``, the parts
     unweighted.
+
+    ``gather`` (e.g. ``nnunetv2_ext.distributed.all_gather_rows``) maps each view's local embeddings to those of the
+    global batch before NT-Xent, so that the negatives of a sample are the other 2(N - 1) views of the whole
+    minibatch of every data-parallel worker, as SimCLR defines them (Chen et al. 2020, arXiv:2002.05709, sec. 2.1-2.2)
+    and its code computes them (google-research/simclr ``objective.py``: ``tpu_cross_replica_concat`` of the
+    embeddings). MONAI's Swin UNETR pretraining code (``losses.Contrast``, Tang et al. 2022, arXiv:2111.14791) takes
+    the negatives of each GPU's batch only: that is ``gather=None``, and the same in one process. Every worker then
+    computes the NT-Xent of the whole global batch; with a gather whose backward sums the gradients of a worker's rows
+    over the workers, DDP's mean of the gradients equals the gradient of one process on the concatenated batch. The
+    reconstruction and rotation terms stay local means.
     """
     w = dict(LOSS_WEIGHTS if weights is None else weights)
     if projection.shape[0] % 2:
         raise ValueError(f"the batch must hold two views of each sample (even size), got {projection.shape[0]}")
     n = projection.shape[0] // 2
+    z1, z2 = projection[:n], projection[n:]
+    if gather is not None:
+        z1, z2 = gather(z1), gather(z2)
     parts = {
         "reconstruction": reconstruction_l1(reconstruction, target),
         "rotation": F.cross_entropy(rotation_logits.float(), rotation),
-        "contrastive": nt_xent(projection[:n], projection[n:], temperature),
+        "contrastive": nt_xent(z1, z2, temperature),
     }
     total = cast(torch.Tensor, sum(w[k] * v for k, v in parts.items()))  # a tensor: parts is not empty
     return total, parts

@@ -12,6 +12,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_ext.architectures.ssl_heads import SSLOutput, with_ssl_heads
+from nnunetv2_ext.distributed import all_gather_rows
 from nnunetv2_ext.pretext import swin_proxies as sp
 from nnunetv2_ext.training.base import NarrowDebugScheduleMixin, NoMirroringMixin
 from nnunetv2_ext.training.lr_schedules import WarmupCosineLRScheduler
@@ -24,7 +25,8 @@ __all__ = ["nnUNetTrainerSwinProxies", "nnUNetTrainerSwinProxies_debug"]
 class SwinProxiesLoss(nn.Module):
     """``sp.swin_proxy_losses`` on an :class:`SSLOutput` and the target ``[reconstruction target, rotation, mask]``
     (the mask of the boxes is for the inpainting metric, not the loss); keeps the last unweighted parts (detached)
-    for the logs."""
+    for the logs. Under DDP the NT-Xent negatives come from the global batch (``all_gather_rows``; a no-op in one
+    process)."""
 
     def __init__(self, weights: Dict[str, float], temperature: float):
         super().__init__()
@@ -35,7 +37,7 @@ class SwinProxiesLoss(nn.Module):
     def forward(self, output: SSLOutput, target: Sequence[torch.Tensor]) -> torch.Tensor:
         image, rotation = target[0], target[1]
         total, parts = sp.swin_proxy_losses(output.reconstruction, output.rotation_logits, output.projection, image,
-                                            rotation, self.weights, self.temperature)
+                                            rotation, self.weights, self.temperature, gather=all_gather_rows)
         self.last_parts = {k: v.detach() for k, v in parts.items()}
         return total
 
@@ -46,7 +48,8 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, PretextTrainerBase):
     Each batch becomes two views per sample (rotated by k x 90 deg over the last two axes and box-masked,
     ``nnunetv2_ext.pretext.swin_proxies.two_views``), fed as one batch of 2B. The decoder reconstructs the rotated,
     unmasked image (as many outputs as input channels; L1), the heads on the bottleneck predict the rotation (CE) and
-    give the contrastive embedding (NT-Xent, temperature 0.5), weights 1/1/1; AdamW lr 4e-4, weight decay 0.1,
+    give the contrastive embedding (NT-Xent, temperature 0.5, negatives from the global batch of all DDP workers as in
+    SimCLR's code; MONAI's takes each GPU's batch), weights 1/1/1; AdamW lr 4e-4, weight decay 0.1,
     warm-up + cosine (MONAI Pretrain defaults, docs REFERENCE "Swin UNETR self-supervision").
 
     Deviations, on purpose: a U-Net decoder with skips reconstructs (MONAI: a skip-free upsampling head); the heads
@@ -89,9 +92,10 @@ class nnUNetTrainerSwinProxies(NoMirroringMixin, PretextTrainerBase):
 
     def on_train_start(self):
         super().on_train_start()
-        if self.batch_size < 2:
-            self.print_to_log_file(f"Warning: batch size {self.batch_size} per process: NT-Xent then has no negative "
-                                   f"pairs and the contrastive loss is constant")
+        global_batch = self.configuration_manager.batch_size if self.is_ddp else self.batch_size
+        if global_batch < 2:
+            self.print_to_log_file(f"Warning: batch size {global_batch} (all processes together): NT-Xent then has no "
+                                   f"negative pairs and the contrastive loss is constant")
 
     def pretext_batch(self, data: torch.Tensor, generator: torch.Generator):
         """Two views per sample as one batch ``[views 1; views 2]``; target ``[unmasked views, rotation classes,

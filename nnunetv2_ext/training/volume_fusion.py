@@ -16,6 +16,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import distributed as dist
 
 from nnunetv2_ext.pretext.volume_fusion import (
     VolumeFusionConfig,
@@ -42,7 +43,9 @@ def volume_fusion_labels(k: int) -> dict:
 class nnUNetTrainerVolumeFusion(MISFMAdamPretextTrainer):
     """Volume Fusion pretraining (Wang et al. 2023, MIS-FM, sec. 3.1): K = 4, M ~ U(10, 40) boxes of 8-40 x 8-80 x
     8-80 voxels at a 64x128x128 sub-volume (scaled to the plans' patch), loss Dice + CE; foreground and background from
-    two different scans of the batch, so the per-GPU batch size must be >= 2.
+    two different scans of the batch, so the per-GPU batch size must be >= 2. Under DDP (``nnUNetv2_train -num_gpus``,
+    torchrun) the pairs are drawn inside each process's share of the batch, never across processes: the pretext is
+    the same at any number of GPUs for the same per-GPU batch, and a per-GPU batch below 2 is refused.
 
     Optimiser of the paper (sec. 4.1): Adam, lr 1e-3, weight decay 1e-5, the lr halved every ``lr_halving_iterations``
     training iterations (converted to nnU-Net epochs of ``num_iterations_per_epoch``). With nnU-Net's SGD (lr 1e-2,
@@ -75,10 +78,16 @@ class nnUNetTrainerVolumeFusion(MISFMAdamPretextTrainer):
         return cls.vf_config.k + 1
 
     def on_train_start(self):
-        super().on_train_start()
+        if not self.was_initialized:
+            self.initialize()  # sets the per-process batch size (nnU-Net splits the plans' batch over DDP workers)
         if self.batch_size < 2:
-            raise ValueError(f"Volume Fusion fuses two different scans of a batch: the batch size per process must "
-                             f"be >= 2, it is {self.batch_size} (plans batch size / number of GPUs)")
+            workers = dist.get_world_size() if self.is_ddp else 1
+            raise ValueError(
+                f"Volume Fusion fuses two different scans of each process's batch: the batch size per process must be "
+                f">= 2, it is {self.batch_size} (the plans' batch_size {self.configuration_manager.batch_size} split "
+                f"over {workers} process(es): WORLD_SIZE / -num_gpus). Set the configuration's batch_size in the "
+                f"plans to at least 2 x the number of processes, or start fewer processes")
+        super().on_train_start()
 
     def pretext_batch(self, data: torch.Tensor, generator: torch.Generator):
         """A Volume Fusion sample: the fused images and their fusion-level labels (one per deep-supervision scale)."""

@@ -1,0 +1,1 @@
+"""Command-line entry points that run nnU-Net's training in ways nnU-Net's own commands do not (torchrun)."""
