@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from nnunetv2_ext.cli_missing_modality import add_case_lists_parser
+from nnunetv2_ext.cli_missing_modality import add_parser as add_benchmark_parser
 from nnunetv2_ext.planning.backbones import BACKBONE_NAMES
 from nnunetv2_ext.proxy.experiment import SCALES
 
@@ -322,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-fold", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="rebuild the few-shot folds")
     p.set_defaults(func=_splits)
+    add_case_lists_parser(splits)
 
     p = sub.add_parser("evaluate", help="per case and region: Dice, Jaccard, SE, SP, PRE, ACC, HD95, ASSD, lesions")
     p.add_argument("--ref", required=True, help="reference labels (e.g. labelsTr)")
@@ -417,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", action="store_true",
                    help="detach and log to OUT/proxy_run_<scale>.log (prints the pid and the log to follow)")
     p.set_defaults(func=_proxy_run)
+
+    add_benchmark_parser(sub)
 
     p = sub.add_parser("trainer-path", help="print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)
