@@ -20,10 +20,11 @@ def main() -> None:
     parser.add_argument("--suffix", default=SCALE, choices=[SCALE, "smoke"], help="trainer schedule")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--lanes", type=int, default=2)
-    parser.add_argument("--n-test", type=int, default=None, help="only the first N test cases (smoke runs)")
+    parser.add_argument("--n-test", type=int, default=None, help="benchmark only the first N test cases")
+    parser.add_argument("--report-only", action="store_true", help="write the tables of what is finished")
     args = parser.parse_args()
     written = run_missing_modality_proxy(args.out, args.results, args.suffix, args.methods.split(","), args.lanes,
-                                         args.n_test, echo=lambda line: print(line, flush=True))
+                                         args.n_test, args.report_only, echo=lambda line: print(line, flush=True))
     for name, path in written.items():
         print(f"{name}: {path}")
 

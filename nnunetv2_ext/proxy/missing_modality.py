@@ -148,14 +148,21 @@ def per_case_average(bench_dir: Path, regions: Sequence[str]) -> Dict[str, float
 
 def run_missing_modality_proxy(out: str | os.PathLike, results: str | os.PathLike, suffix: str = SCALE,
                                methods: Sequence[str] = tuple(METHODS), lanes: int = 2,
-                               n_test: Optional[int] = None, echo: Callable[[str], None] = print) -> Dict[str, Path]:
+                               n_test: Optional[int] = None, report_only: bool = False,
+                               echo: Callable[[str], None] = print) -> Dict[str, Path]:
     """Train, predict, score; write the combined table, heat map and comparison to ``results``.
 
     Args:
         out: the folder of ``nnunetv2_ext proxy make``.
         results: where the tables go (e.g. ``benchmarks/missing_modality``).
         suffix: the trainers' schedule (``cpu``, or ``smoke`` for a toy run of the pipeline).
-        n_test: predict only the first ``n_test`` test cases (a smoke run); None: all.
+        n_test: benchmark only the first ``n_test`` test cases (the single-modality models are scored on the same);
+            None: all.
+        report_only: train and predict nothing; write the tables of what is finished (methods with all 15 subsets,
+            trained single-modality models).
+
+    Each lane runs chains one after another: a method's training then its benchmark (me_dropout, vanilla,
+    vanilla_dropout, me), then the single-modality trainings.
     """
     from nnunetv2_ext.evaluation.metrics import evaluate_folders, regions_from_dataset_json
     from nnunetv2_ext.evaluation.missing_modality import (
@@ -174,39 +181,49 @@ def run_missing_modality_proxy(out: str | os.PathLike, results: str | os.PathLik
     env = nnunet_env(out, scale)
     t0 = time.time()
     singles = prepare_datasets(out, manifest, env, echo)
-    t_prep = time.time() - t0
     jobs = build_jobs(out, manifest, singles, suffix, methods)
-    echo(f"{len(jobs)} training jobs ({sum(j.state() == 'done' for j in jobs)} already done), {lanes} lanes")
     logs = out / f"logs_missing_modality_{suffix}"
-    runner = Runner(jobs, env, logs, lanes, echo)
-    status = runner.run()
-    failed = sorted(n for n, s in status.items() if s == "failed")
-    if failed:
-        raise RuntimeError(f"training failed: {failed}; logs in {logs}; rerun to resume")
-    t_train = time.time() - t0 - t_prep
-
     target = manifest["target_dataset"]
     raw = out / "nnUNet_raw" / target
     bench_root = out / f"mm_bench_{suffix}"
     bench_root.mkdir(parents=True, exist_ok=True)
     test_cases = list(manifest["test_cases"])[:n_test]
     cases_file = bench_root / "test_cases.txt"
+    if cases_file.is_file() and cases_file.read_text().split() != test_cases:
+        raise ValueError(f"{bench_root} holds predictions of other test cases ({cases_file}); delete it or give the "
+                         f"same --n-test")
     cases_file.write_text("".join(f"{c}\n" for c in test_cases))
     by_key = {j.name: j for j in jobs}
     benches = {key: bench_root / key for key in methods}
+    seconds: Dict[str, float] = {}
 
-    def bench(key: str) -> None:
-        cmd = ["nnunetv2_ext", "benchmark", "missing-modality", "-i", str(raw / "imagesTr"), "--ref",
-               str(raw / "labelsTr"), "--cases", str(cases_file), "-m", str(by_key[key].fold_dir.parent), "-f", "0",
-               "-o", str(benches[key]), "-device", "cpu"]
-        code, tail = _run_logged(cmd, env, logs / f"benchmark_{key}.log")
-        if code != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} exited {code}:\n{tail}")
-        echo(f"benchmark {key} done at {(time.time() - t0) / 60:.1f} min")
+    def chain(job) -> None:
+        """Train (skipped when done), then, for the four methods, the 15-subset benchmark, in one lane."""
+        t = time.time()
+        if Runner([job], env, logs, 1, echo).run()[job.name] == "failed":
+            raise RuntimeError(f"training {job.name} failed; log in {logs}; rerun to resume")
+        seconds[f"train {job.name}"] = round(time.time() - t, 1)
+        if job.name in benches:
+            t = time.time()
+            cmd = ["nnunetv2_ext", "benchmark", "missing-modality", "-i", str(raw / "imagesTr"), "--ref",
+                   str(raw / "labelsTr"), "--cases", str(cases_file), "-m", str(job.fold_dir.parent), "-f", "0",
+                   "-o", str(benches[job.name]), "-device", "cpu"]
+            code, tail = _run_logged(cmd, env, logs / f"benchmark_{job.name}.log")
+            if code != 0:
+                raise RuntimeError(f"{shlex.join(cmd)} exited {code}:\n{tail}")
+            seconds[f"benchmark {job.name}"] = round(time.time() - t, 1)
+            echo(f"benchmark {job.name} done at {(time.time() - t0) / 60:.1f} min")
 
-    with ThreadPoolExecutor(lanes) as pool:
-        list(pool.map(bench, methods))
-    t_bench = time.time() - t0 - t_prep - t_train
+    if not report_only:
+        echo(f"{len(jobs)} chains (training, then the benchmark for the methods) on {lanes} lanes; test cases "
+             f"{len(test_cases)}")
+        with ThreadPoolExecutor(lanes) as pool:
+            list(pool.map(chain, jobs))
+    finished = [k for k in methods if len(list((benches[k] / "scores").glob("*.json"))) == 15
+                and (benches[k] / "missing_modality.md").is_file()]
+    if not finished:
+        raise RuntimeError(f"no method has finished its 15 subsets in {bench_root}")
+    methods = finished
 
     dataset_json = load_json(raw / "dataset.json")
     regions = list(regions_from_dataset_json(dataset_json))
@@ -219,8 +236,16 @@ def run_missing_modality_proxy(out: str | os.PathLike, results: str | os.PathLik
     single_dice: Dict[str, Dict[str, float]] = {}
     for d in singles:
         key = "single_" + d.rsplit("_", 1)[1]
-        summary = evaluate_folders(raw / "labelsTr", by_key[key].fold_dir / "validation", dataset_json,
-                                   strict=False, output=bench_root / f"{key}.json")
+        validation = by_key[key].fold_dir / "validation"
+        if not all((validation / f"{c}.nii.gz").is_file() for c in test_cases):
+            continue  # not trained (yet)
+        subset_dir = bench_root / key
+        subset_dir.mkdir(exist_ok=True)
+        for c in test_cases:  # the benchmark's test cases only
+            if not (subset_dir / f"{c}.nii.gz").exists():
+                os.symlink(validation / f"{c}.nii.gz", subset_dir / f"{c}.nii.gz")
+        summary = evaluate_folders(raw / "labelsTr", subset_dir, dataset_json, strict=False,
+                                   output=bench_root / f"{key}.json")
         single_dice[d.rsplit("_", 1)[1]] = {r: summary["mean"][r]["dice"] for r in regions}
 
     infos: Dict[str, ModelInfo] = {key: describe_model(by_key[key].fold_dir.parent) for key in methods}
@@ -283,12 +308,11 @@ def run_missing_modality_proxy(out: str | os.PathLike, results: str | os.PathLik
         (results / f"{key}.md").write_text((benches[key] / "missing_modality.md").read_text())
     meta = {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "suffix": suffix,
             "scale": asdict(scale), "n_test_cases": len(test_cases),
-            "wall_time_s": {"prepare": round(t_prep, 1), "train": round(t_train, 1), "benchmark": round(t_bench, 1),
-                            "total": round(time.time() - t0, 1)},
+            "wall_time_s": {"this_invocation": round(time.time() - t0, 1), **seconds}, "report_only": report_only,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpu_count": os.cpu_count(), "python": platform.python_version()},
             "averages": averages, "single_modality": single_dice, "comparisons": comparisons,
-            "job_seconds": {n: round(t, 1) for n, t in runner.durations.items() if status.get(n) == "ok"}}
+            "test_cases": test_cases}
     atomic_write_json(meta, results / "run.json", overwrite=True)
     echo(f"done in {(time.time() - t0) / 60:.1f} min; results in {results}")
     return {"table": results / "table.md", "heatmap": results / "heatmap.png", "run": results / "run.json"}
