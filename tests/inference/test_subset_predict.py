@@ -6,6 +6,7 @@ dropout."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -227,3 +228,72 @@ def test_checks_happen_before_the_network_is_loaded(model_folder, tmp_path):
         with pytest.raises(ValueError, match=r"case case lacks the present modalities \['FLAIR \(case_0003"):
             predict_with_subset(model_folder, tmp_path, tmp_path / "out", ["T1", "FLAIR"])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def vanilla_folder(tmp_path_factory) -> Path:
+    """The same, holding nnU-Net's PlainConvUNet (one input stack) of the tiny plans."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dataset_json = json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text())
+    plans = json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text())
+    arch = plans["configurations"]["2d"]["architecture"]
+    heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
+    torch.manual_seed(0)
+    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     4, heads, allow_init=True, deep_supervision=False)
+    folder = tmp_path_factory.mktemp("results") / "nnUNetTrainer__nnUNetPlans__2d"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    (folder / "plans.json").write_text(json.dumps(plans))
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def _t1_flair_inputs(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for c in (0, 3):
+        _write_image(folder / f"case_{c:04d}.nii.gz", rng.uniform(0, 1, size=SHAPE).astype(np.float32),
+                     spacing=(1.0, 1.0, 2.0))
+    return folder
+
+
+def test_zero_fill_lets_a_one_stack_network_predict_from_a_subset(vanilla_folder, tmp_path):
+    inputs = _t1_flair_inputs(tmp_path / "in")
+    with pytest.raises(ValueError, match=r"needs a multi-encoder.*zero_fill=True"):
+        predict_with_subset(vanilla_folder, inputs, tmp_path / "o1", "T1,FLAIR", use_mirroring=False)
+    with pytest.warns(UserWarning, match="absent channels are zero-filled"):
+        written = predict_with_subset(vanilla_folder, inputs, tmp_path / "o2", "T1,FLAIR", use_mirroring=False,
+                                      zero_fill=True)
+    assert json.loads((tmp_path / "o2" / "predict_with_subset_args.json").read_text())["zero_fill"] is True
+    # the zero-filled stack is exactly what the network sees: a full stack with zero images gives the same result
+    from nnunetv2_ext.inference.subset_predict import load_subset_predictor, predict_subset_in_process
+
+    full = tmp_path / "full"
+    shutil.copytree(inputs, full)
+    for c in (1, 2):
+        _write_image(full / f"case_{c:04d}.nii.gz", np.zeros(SHAPE, np.float32), spacing=(1.0, 1.0, 2.0))
+    predictor = load_subset_predictor(vanilla_folder, use_mirroring=False, zero_fill=True)
+    again = predict_subset_in_process(predictor, full, tmp_path / "o3", "T1,T1Gd,T2,FLAIR")
+    assert np.array_equal(_read(written[0]), _read(again[0]))
+
+
+def test_in_process_prediction_equals_predict_with_subset(model_folder, tmp_path):
+    from nnunetv2_ext.inference.subset_predict import load_subset_predictor, predict_subset_in_process
+
+    inputs = _t1_flair_inputs(tmp_path / "in")
+    with pytest.warns(UserWarning):
+        ours = predict_with_subset(model_folder, inputs, tmp_path / "a", "T1,FLAIR", use_mirroring=False)
+        predictor = load_subset_predictor(model_folder, use_mirroring=False)
+        again = predict_subset_in_process(predictor, inputs, tmp_path / "b", ["FLAIR", "T1"])
+    assert np.array_equal(_read(ours[0]), _read(again[0]))
+
+
+def _read(path: str) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
