@@ -168,25 +168,19 @@ def test_trainer_class_finds_a_loaded_subclass_and_its_dropout():
 
 # ------------------------------------------------------------------------------------ through the predictor
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
+def _random_model_folder(root: Path, plans: dict, name: str) -> Path:
     """A model folder as nnUNetv2_train leaves it (dataset.json, plans.json, fold_0/checkpoint_final.pth), holding a
-    randomly initialised multi-encoder for the tiny plans' 2d configuration (written by nnUNetTrainer)."""
+    randomly initialised network of the plans' 2d configuration (written by nnUNetTrainer)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
-
     dataset_json = json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text())
-    plans = derive_multi_encoder_plans(json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
-                                       dataset_json)
     arch = plans["configurations"]["2d"]["architecture"]
     heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads  # 3 regions
     torch.manual_seed(0)
     network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                      4, heads, allow_init=True, deep_supervision=False)
-    assert isinstance(network, MultiEncoderUNet)
-    folder = tmp_path_factory.mktemp("results") / "nnUNetTrainer__nnUNetPlans_MultiEncoder__2d"
+    folder = root / name
     (folder / "fold_0").mkdir(parents=True)
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
     (folder / "plans.json").write_text(json.dumps(plans))
@@ -194,6 +188,18 @@ def model_folder(tmp_path_factory) -> Path:
                 "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
                folder / "fold_0" / "checkpoint_final.pth")
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A randomly initialised multi-encoder for the tiny plans' 2d configuration."""
+    from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
+
+    plans = derive_multi_encoder_plans(json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
+                                       json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text()))
+    assert plans["configurations"]["2d"]["architecture"]["network_class_name"].endswith("MultiEncoderUNet")
+    return _random_model_folder(tmp_path_factory.mktemp("results"), plans,
+                                "nnUNetTrainer__nnUNetPlans_MultiEncoder__2d")
 
 
 def test_predicts_from_two_of_four_modalities(model_folder, tmp_path):
@@ -233,24 +239,9 @@ def test_checks_happen_before_the_network_is_loaded(model_folder, tmp_path):
 @pytest.fixture(scope="module")
 def vanilla_folder(tmp_path_factory) -> Path:
     """The same, holding nnU-Net's PlainConvUNet (one input stack) of the tiny plans."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    dataset_json = json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text())
-    plans = json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text())
-    arch = plans["configurations"]["2d"]["architecture"]
-    heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
-    torch.manual_seed(0)
-    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                     4, heads, allow_init=True, deep_supervision=False)
-    folder = tmp_path_factory.mktemp("results") / "nnUNetTrainer__nnUNetPlans__2d"
-    (folder / "fold_0").mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps(dataset_json))
-    (folder / "plans.json").write_text(json.dumps(plans))
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return folder
+    return _random_model_folder(tmp_path_factory.mktemp("results"),
+                                json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
+                                "nnUNetTrainer__nnUNetPlans__2d")
 
 
 def _t1_flair_inputs(folder: Path) -> Path:
