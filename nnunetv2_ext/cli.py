@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from nnunetv2_ext.cli_missing_modality import add_case_lists_parser
+from nnunetv2_ext.cli_missing_modality import add_parser as add_benchmark_parser
 from nnunetv2_ext.planning.backbones import BACKBONE_NAMES
 from nnunetv2_ext.proxy.experiment import SCALES
 
@@ -211,7 +213,8 @@ def _predict(args: argparse.Namespace) -> None:
                                   device=args.device, overwrite=args.overwrite, num_processes=args.nps,
                                   use_mirroring=not args.disable_tta, tile_step_size=args.step_size,
                                   save_probabilities=args.save_probabilities,
-                                  continue_prediction=args.continue_prediction, verbose=args.verbose)
+                                  continue_prediction=args.continue_prediction, verbose=args.verbose,
+                                  zero_fill=args.zero_fill)
     print(f"wrote {len(written)} segmentations to {args.o} from {args.modalities}")
 
 
@@ -407,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-fold", type=int, default=0, help="the fold whose training cases are subsampled")
     p.add_argument("--overwrite", action="store_true", help="rebuild the few-shot folds")
     p.set_defaults(func=_splits)
+    add_case_lists_parser(splits, _Formatter)
 
     p = command(sub, "evaluate", "per case and region: Dice, Jaccard, SE, SP, PRE, ACC, HD95, ASSD, lesions")
     p.add_argument("--ref", required=True, help="reference labels (e.g. labelsTr)")
@@ -476,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.npz, .pkl)")
     p.add_argument("--continue_prediction", action="store_true",
                    help="keep the segmentations already in -o and predict only the missing cases")
+    p.add_argument("--zero-fill", action="store_true",
+                   help="also predict with a one-stack network (vanilla nnU-Net): the absent channels are all-zero "
+                   "images (train nnUNetTrainerVanillaChannelDropout for that)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name in each fold folder")
     p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
                    help="as nnUNetv2_predict's (>= 1; $nnUNet_npp); the subset preprocessing itself runs in this "
@@ -525,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", action="store_true",
                    help="detach and log to OUT/proxy_run_<scale>.log (prints the pid and the log to follow)")
     p.set_defaults(func=_proxy_run)
+
+    add_benchmark_parser(sub, _Formatter)
 
     p = command(sub, "trainer-path", "print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_trainer_path)

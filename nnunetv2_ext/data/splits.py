@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nnunetv2_ext.io_utils import atomic_write_json, load_json
+from nnunetv2_ext.io_utils import atomic_write_json, atomic_write_text, load_json
 
 #: Name of the index written beside ``splits_final.json`` describing the appended few-shot folds.
 FEW_SHOT_INDEX = "few_shot_index.json"
@@ -274,3 +274,94 @@ def write_default_splits(splits_file: str | os.PathLike, case_ids: Sequence[str]
     splits_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(splits, splits_file, overwrite=True)
     return splits
+
+
+#: Name of the test-case list ``write_case_list_splits`` writes beside ``splits_final.json``.
+TEST_CASES_FILE = "test_cases.txt"
+
+
+def read_case_list(path: str | os.PathLike) -> list[str]:
+    """The case ids of a case-list file, in file order.
+
+    Format: one case a line; blank lines and lines starting with ``#`` are skipped; a line may be a path (its base
+    name counts), and an extension (``.nii.gz``, ``.npy``, ...) and a trailing ``_seg`` / ``-seg`` are dropped, so the
+    lists published with RFNet / mmFormer's code (``Brats18_...`` ids, or ``HGG/Brats18_...`` paths) read as they are.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a case listed twice, or no case.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"case list {path} does not exist")
+    cases = [case_id_from_path(line.strip()) for line in path.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    twice = sorted({c for c in cases if cases.count(c) > 1})
+    if twice:
+        raise ValueError(f"case list {path} lists cases more than once: {_preview(twice)}")
+    if not cases:
+        raise ValueError(f"case list {path} lists no case (one case id a line)")
+    return cases
+
+
+def case_list_splits(lists: dict[str, Sequence[str]], case_ids: Sequence[str]) -> list[dict[str, list[str]]]:
+    """nnU-Net's fold 0 from a fixed train / val (/ test) protocol: ``[{'train': train, 'val': val}]``.
+
+    Args:
+        lists: ``{'--train': ids, '--val': ids, '--test': ids}`` (keys name the flags in the errors; ``--test`` may
+            be missing).
+        case_ids: the dataset's cases.
+
+    Raises:
+        ValueError: a list names a case the dataset lacks (the flag is named), or a case is in two lists.
+    """
+    known = set(case_ids)
+    for flag, ids in lists.items():
+        unknown = [c for c in ids if c not in known]
+        if unknown:
+            raise ValueError(f"{flag} lists {len(unknown)} case(s) that the dataset does not hold: {_preview(unknown)}"
+                             f"; the dataset's cases look like {_preview(list(case_ids), 3)}")
+    flags = list(lists)
+    for i, a in enumerate(flags):
+        for b in flags[i + 1:]:
+            both = set(lists[a]) & set(lists[b])
+            if both:
+                raise ValueError(f"{len(both)} case(s) are in both {a} and {b}: {_preview(list(both))}")
+    return [{"train": list(lists["--train"]), "val": list(lists["--val"])}]
+
+
+def write_case_list_splits(preprocessed_dataset: str | os.PathLike, train: str | os.PathLike,
+                           val: str | os.PathLike, test: str | os.PathLike | None, case_ids: Sequence[str],
+                           overwrite: bool = False) -> dict[str, Any]:
+    """Write ``splits_final.json`` (fold 0: the train list, validated on the val list) and ``test_cases.txt`` (the
+    test list, for ``nnunetv2_ext benchmark missing-modality --cases``) into ``preprocessed_dataset``: the fixed
+    protocol of RFNet / mmFormer (BraTS 2018: 199 / 29 / 57 cases), from the user's case-list files
+    (:func:`read_case_list`). Nothing is written unless every list is valid.
+
+    Returns:
+        ``{'splits': path, 'test_cases': path or None, 'n_train', 'n_val', 'n_test', 'n_unused'}``.
+
+    Raises:
+        FileExistsError: ``splits_final.json`` exists and ``overwrite`` is False.
+        FileNotFoundError / ValueError: see :func:`read_case_list` and :func:`case_list_splits`.
+    """
+    folder = Path(preprocessed_dataset)
+    lists = {"--train": read_case_list(train), "--val": read_case_list(val)}
+    if test is not None:
+        lists["--test"] = read_case_list(test)
+    splits = case_list_splits(lists, case_ids)
+    splits_file, test_file = folder / "splits_final.json", folder / TEST_CASES_FILE
+    if splits_file.exists() and not overwrite:
+        raise FileExistsError(f"{splits_file} already exists; pass --overwrite to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+    if test is not None:
+        atomic_write_text("".join(f"{case}\n" for case in lists["--test"]), test_file, overwrite=True)
+    atomic_write_json(splits, splits_file, overwrite=True)
+    stale_index = folder / FEW_SHOT_INDEX
+    if stale_index.exists():
+        stale_index.unlink()
+    used = {c for ids in lists.values() for c in ids}
+    return {"splits": splits_file, "test_cases": test_file if test is not None else None,
+            "n_train": len(lists["--train"]), "n_val": len(lists["--val"]), "n_test": len(lists.get("--test", [])),
+            "n_unused": len(set(case_ids) - used)}
+

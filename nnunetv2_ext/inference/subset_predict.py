@@ -162,7 +162,8 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
                         checkpoint: str = "checkpoint_final.pth", device: Union[str, torch.device] = "cpu",
                         overwrite: bool = False, num_processes: int = 1, use_mirroring: bool = True, *,
                         tile_step_size: float = 0.5, save_probabilities: bool = False,
-                        continue_prediction: bool = False, verbose: bool = False) -> List[str]:
+                        continue_prediction: bool = False, verbose: bool = False,
+                        zero_fill: bool = False) -> List[str]:
     """Segment every case of ``input_folder`` from the ``modalities_present`` only, with a trained multi-encoder.
 
     Everything that can be checked is checked before anything is written (modalities, input files, the output
@@ -188,6 +189,9 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
         continue_prediction: keep the segmentations already in ``output_folder`` and predict only the other cases
             (``--continue_prediction``).
         verbose: nnU-Net's predictor talks (``--verbose``).
+        zero_fill: also accept a network with one input stack (vanilla nnU-Net): the absent channels are all-zero
+            images (zero after nnU-Net's z-score normalisation) and the network sees them as such. For a multi-encoder
+            nothing changes (its absent encoders are masked out either way).
 
     Returns:
         the written segmentation files.
@@ -197,13 +201,11 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
 
     Raises:
         ValueError: unknown modality, a case without one of the present modalities' files, modalities that share an
-            encoder given in part, a model that is not a multi-encoder, a cascade configuration, an unavailable
-            device, a count below 1.
+            encoder given in part, a model that is not a multi-encoder (without ``zero_fill``), a cascade
+            configuration, an unavailable device, a count below 1.
         FileExistsError: ``output_folder`` is not empty and neither ``overwrite`` nor ``continue_prediction``.
         FileNotFoundError: no input images, a fold without the checkpoint.
     """
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     from nnunetv2_ext.data.raw_dataset import staged_dataset_folder
 
     model_folder, input_folder, output_folder = map(os.fspath, (model_folder, input_folder, output_folder))
@@ -221,36 +223,101 @@ def predict_with_subset(model_folder: PathLike, input_folder: PathLike, output_f
         if not cases:
             return []
 
+    predictor = load_subset_predictor(model_folder, folds, checkpoint, device, use_mirroring, zero_fill=zero_fill,
+                                      tile_step_size=tile_step_size, verbose=verbose)
+    select_subset(predictor, channels, stacklevel=3)
+    with staged_dataset_folder(output_folder, overwrite=True, merge=True) as staging:
+        _write_run_files(predictor, str(staging), {
+            "model_folder": model_folder, "input_folder": input_folder,
+            "modalities_present": [names[c] for c in channels], "folds": [str(f) for f in folds],
+            "checkpoint": checkpoint, "use_mirroring": use_mirroring, "tile_step_size": tile_step_size,
+            "zero_fill": zero_fill})
+        predictor.predict_from_data_iterator(_preprocessed_cases(predictor, cases, len(names), str(staging)),
+                                             save_probabilities=save_probabilities,
+                                             num_processes_segmentation_export=num_processes)
+    return [os.path.join(output_folder, case + dataset_json["file_ending"]) for case in cases]
+
+
+def load_subset_predictor(model_folder: PathLike, folds: Sequence[Union[int, str]] = (0,),
+                          checkpoint: str = "checkpoint_final.pth", device: Union[str, torch.device] = "cpu",
+                          use_mirroring: bool = True, zero_fill: bool = False, *, tile_step_size: float = 0.5,
+                          verbose: bool = False):
+    """nnU-Net's predictor for ``model_folder``, checked for subset prediction; give it to :func:`select_subset` and
+    :func:`predict_subset_in_process` to predict several subsets with one loaded model.
+
+    Raises:
+        ValueError: a network that is not a multi-encoder (unless ``zero_fill``), a cascade configuration.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    model_folder = os.fspath(model_folder)
+    device = torch.device(device)
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
                                 verbose_preprocessing=verbose, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name=checkpoint)
     network = getattr(predictor.network, "_orig_mod", predictor.network)
-    if not isinstance(network, MultiEncoderUNet):
+    if not isinstance(network, MultiEncoderUNet) and not zero_fill:
         raise ValueError(f"subset prediction needs a multi-encoder: {model_folder} holds a "
                          f"{type(network).__name__} ({predictor.trainer_name}); predict it with nnUNetv2_predict "
-                         f"and every modality")
+                         f"and every modality, or zero-fill the absent channels (nnunetv2_ext predict --zero-fill)")
     if predictor.configuration_manager.previous_stage_name is not None:
         raise ValueError(f"subset prediction supports single-stage configurations, {model_folder} is a cascade stage")
+    return predictor
 
-    present = _encoder_mask(network, channels, names)
-    if bool(present.all()):
-        network.encoder.inference_present = None  # every modality: exactly nnU-Net's prediction
-    else:
-        if not getattr(_trainer_class(predictor.trainer_name), "modality_dropout_p", 0):
-            warnings.warn(f"{predictor.trainer_name} was not trained with modality dropout: predictions without "
-                          f"{[n for i, n in enumerate(names) if i not in channels]} will be poor; train "
-                          f"nnUNetTrainerMultiEncoderModalityDropout for missing modalities", stacklevel=2)
-        network.encoder.inference_present = present
 
-    with staged_dataset_folder(output_folder, overwrite=True, merge=True) as staging:
-        save_json(dataset_json, os.path.join(staging, "dataset.json"), sort_keys=False)
-        save_json(predictor.plans_manager.plans, os.path.join(staging, "plans.json"), sort_keys=False)
-        save_json({"model_folder": model_folder, "input_folder": input_folder, "modalities_present":
-                   [names[c] for c in channels], "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-                   "use_mirroring": use_mirroring, "tile_step_size": tile_step_size},
-                  os.path.join(staging, "predict_with_subset_args.json"))
-        predictor.predict_from_data_iterator(_preprocessed_cases(predictor, cases, len(names), str(staging)),
-                                             save_probabilities=save_probabilities,
-                                             num_processes_segmentation_export=num_processes)
-    return [os.path.join(output_folder, case + dataset_json["file_ending"]) for case in cases]
+def trained_with_dropout(trainer_name: str) -> float:
+    """The modality (or channel) dropout probability a trainer trained with (its ``modality_dropout_p``; 0 if none)."""
+    return float(getattr(_trainer_class(trainer_name), "modality_dropout_p", 0) or 0)
+
+
+def select_subset(predictor, channels: List[int], stacklevel: int = 2) -> None:
+    """Make ``predictor`` segment from the input ``channels`` only: a multi-encoder masks the absent encoders out of
+    its fusion; any other network sees the zero-filled stack. Warns when the trainer did not train with dropout."""
+    names = channel_names(predictor.dataset_json)
+    network = getattr(predictor.network, "_orig_mod", predictor.network)
+    multi_encoder = isinstance(network, MultiEncoderUNet)
+    everything = len(channels) == len(names)
+    if multi_encoder:
+        present = _encoder_mask(network, channels, names)
+        everything = bool(present.all())
+        network.encoder.inference_present = None if everything else present  # all: exactly nnU-Net's prediction
+    if not everything and not trained_with_dropout(predictor.trainer_name):
+        hint = "train nnUNetTrainerMultiEncoderModalityDropout for missing modalities" if multi_encoder else \
+            "the absent channels are zero-filled; train nnUNetTrainerVanillaChannelDropout for missing channels"
+        warnings.warn(f"{predictor.trainer_name} was not trained with modality dropout: predictions without "
+                      f"{[n for i, n in enumerate(names) if i not in channels]} will be poor; {hint}",
+                      stacklevel=stacklevel)
+
+
+def _write_run_files(predictor, output_folder: str, args: dict) -> None:
+    os.makedirs(output_folder, exist_ok=True)
+    save_json(predictor.dataset_json, os.path.join(output_folder, "dataset.json"), sort_keys=False)
+    save_json(predictor.plans_manager.plans, os.path.join(output_folder, "plans.json"), sort_keys=False)
+    save_json(args, os.path.join(output_folder, "predict_with_subset_args.json"))
+
+
+def predict_subset_in_process(predictor, input_folder: PathLike, output_folder: PathLike,
+                              modalities_present: Union[Sequence[str], str]) -> List[str]:
+    """:func:`predict_with_subset` with a loaded predictor (:func:`load_subset_predictor`) and the export in this
+    process (no worker pool to start per subset): nnU-Net's preprocessing, sliding window and
+    ``export_prediction_from_logits``, one case at a time. Existing files in ``output_folder`` are replaced.
+
+    Returns:
+        the written segmentation files.
+    """
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+
+    input_folder, output_folder = os.fspath(input_folder), os.fspath(output_folder)
+    names = channel_names(predictor.dataset_json)
+    channels = _channels_of(modalities_present, names)
+    ending = predictor.dataset_json["file_ending"]
+    cases = _find_cases(input_folder, ending, channels, names)
+    select_subset(predictor, channels, stacklevel=3)
+    _write_run_files(predictor, output_folder, {"input_folder": input_folder, "modalities_present":
+                                                [names[c] for c in channels], "in_process": True})
+    for item in _preprocessed_cases(predictor, cases, len(names), output_folder):
+        logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu().numpy()
+        export_prediction_from_logits(logits, item["data_properties"], predictor.configuration_manager,
+                                      predictor.plans_manager, predictor.dataset_json, item["ofile"], False)
+    return [os.path.join(output_folder, case + ending) for case in cases]

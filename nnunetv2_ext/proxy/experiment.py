@@ -167,9 +167,11 @@ def proxy_configuration(target_config: dict, scale: Scale) -> dict:
                                scale.batch_size, scale.spacing)
 
 
-def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, scale: Scale) -> None:
-    """Write ``nnUNetPlans_proxy_<scale>`` (and its multi-encoder plans) for every dataset, from the target dataset's
-    configuration of the scale (3d_fullres or 2d); existing files are kept (so a resumed benchmark keeps its plans)."""
+def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, scale: Scale,
+                      multi_encoder: bool = True) -> None:
+    """Write ``nnUNetPlans_proxy_<scale>`` (and, with ``multi_encoder``, its multi-encoder plans) for every dataset,
+    from the target dataset's configuration of the scale (3d_fullres or 2d); existing files are kept (so a resumed
+    benchmark keeps its plans)."""
     from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
 
     vanilla_name, me_name = plans_names(scale)
@@ -179,7 +181,8 @@ def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, 
     config["data_identifier"] = f"{vanilla_name}_{c}"
     for dataset in datasets:
         folder = preprocessed / dataset
-        if (folder / f"{vanilla_name}.json").is_file() and (folder / f"{me_name}.json").is_file():
+        me_done = not multi_encoder or (folder / f"{me_name}.json").is_file()
+        if (folder / f"{vanilla_name}.json").is_file() and me_done:
             continue
         plans = load_json(folder / "nnUNetPlans.json")
         own = copy.deepcopy(config)
@@ -187,10 +190,11 @@ def write_proxy_plans(preprocessed: Path, datasets: Sequence[str], target: str, 
             own[per_channel] = plans["configurations"][c][per_channel]
         plans["plans_name"] = vanilla_name
         plans["configurations"] = {c: own}
-        me = derive_multi_encoder_plans(plans, load_json(folder / "dataset.json"), me_name,
-                                        encoder_width=scale.encoder_width)
         atomic_write_json(plans, folder / f"{vanilla_name}.json", overwrite=True)
-        atomic_write_json(me, folder / f"{me_name}.json", overwrite=True)
+        if multi_encoder:
+            me = derive_multi_encoder_plans(plans, load_json(folder / "dataset.json"), me_name,
+                                            encoder_width=scale.encoder_width)
+            atomic_write_json(me, folder / f"{me_name}.json", overwrite=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

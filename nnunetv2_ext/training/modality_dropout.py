@@ -15,11 +15,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
+from nnunetv2_ext.training.base import DebugScheduleMixin, NarrowDebugScheduleMixin
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder
+from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
 
-__all__ = ["nnUNetTrainerMultiEncoderModalityDropout", "nnUNetTrainerMultiEncoderModalityDropout_debug"]
+__all__ = ["nnUNetTrainerMultiEncoderModalityDropout", "nnUNetTrainerMultiEncoderModalityDropout_debug",
+           "nnUNetTrainerVanillaChannelDropout", "nnUNetTrainerVanillaChannelDropout_debug"]
 
 MAX_ENCODERS = 62  # subsets are drawn as bit patterns of an int64
 
@@ -53,14 +56,8 @@ def sample_present_mask(batch_size: int, n_encoders: int, p: float,
     return torch.where(drop.unsqueeze(1), subsets, torch.ones_like(subsets)).to(torch.float32)
 
 
-class nnUNetTrainerMultiEncoderModalityDropout(nnUNetTrainerMultiEncoder):
-    """The multi-encoder trained with modality dropout, so it segments from any non-empty subset of modalities.
-
-    Each training sample drops a random non-empty proper subset of encoders with probability
-    ``modality_dropout_p`` (see ``sample_present_mask``); the dropped encoders' input channels are zeroed and their
-    features masked out of the fusion. The masks come from a generator seeded with ``modality_dropout_seed`` plus the
-    DDP rank, so ranks draw different masks. Validation and the final validation use every modality.
-    """
+class _DropoutMasks(nnUNetTrainer):
+    """The dropout probability and the seeded per-rank mask generator both dropout trainers share."""
     modality_dropout_p = 0.5    # beyond the papers: probability that a sample trains with a subset
     modality_dropout_seed = 0   # per-rank generator seed of the masks (seed + rank)
 
@@ -70,6 +67,16 @@ class nnUNetTrainerMultiEncoderModalityDropout(nnUNetTrainerMultiEncoder):
         if self._dropout_generator is None:
             self._dropout_generator = torch.Generator().manual_seed(self.modality_dropout_seed + self.local_rank)
         return self._dropout_generator
+
+
+class nnUNetTrainerMultiEncoderModalityDropout(_DropoutMasks, nnUNetTrainerMultiEncoder):
+    """The multi-encoder trained with modality dropout, so it segments from any non-empty subset of modalities.
+
+    Each training sample drops a random non-empty proper subset of encoders with probability
+    ``modality_dropout_p`` (see ``sample_present_mask``); the dropped encoders' input channels are zeroed and their
+    features masked out of the fusion. The masks come from a generator seeded with ``modality_dropout_seed`` plus the
+    DDP rank, so ranks draw different masks. Validation and the final validation use every modality.
+    """
 
     def on_train_start(self):
         super().on_train_start()
@@ -93,3 +100,29 @@ class nnUNetTrainerMultiEncoderModalityDropout(nnUNetTrainerMultiEncoder):
 class nnUNetTrainerMultiEncoderModalityDropout_debug(NarrowDebugScheduleMixin,
                                                      nnUNetTrainerMultiEncoderModalityDropout):
     """3 epochs of 4 iterations, a checkpoint every epoch, no mirroring: smoke tests and CPU examples."""
+
+
+class nnUNetTrainerVanillaChannelDropout(_DropoutMasks, nnUNetTrainerVanilla):
+    """nnU-Net's network (one input stack) trained with the same dropout over its input channels: a dropped channel is
+    an all-zero image, which is what a missing modality is at prediction with zero-filling
+    (``nnunetv2_ext predict --modalities ... `` / ``benchmark missing-modality``). The strong simple baseline of the
+    multi-encoder's modality dropout (ModDrop, Neverova et al., TPAMI 2016; HeMIS, Havaei et al., MICCAI 2016): the
+    masks of ``sample_present_mask`` over channels instead of encoders. Validation uses every channel.
+    """
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.print_to_log_file(f"Channel dropout: p = {self.modality_dropout_p} per sample over "
+                               f"{self.num_input_channels} input channels (never all dropped), seed "
+                               f"{self.modality_dropout_seed} + rank {self.local_rank}")
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        present = sample_present_mask(data.shape[0], data.shape[1], self.modality_dropout_p,
+                                      self._mask_generator()).to(self.device, non_blocking=True)
+        data = data * present.to(data.dtype).view(*present.shape, *([1] * (data.ndim - 2)))
+        return super().train_step({**batch, "data": data})
+
+
+class nnUNetTrainerVanillaChannelDropout_debug(DebugScheduleMixin, nnUNetTrainerVanillaChannelDropout):
+    """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""

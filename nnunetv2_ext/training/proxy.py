@@ -16,6 +16,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_ext.training.base import ExtTrainerBase
 from nnunetv2_ext.training.cross_modality import nnUNetTrainerCrossModality
 from nnunetv2_ext.training.masked_image import nnUNetTrainerMaskedImage
+from nnunetv2_ext.training.modality_dropout import (
+    nnUNetTrainerMultiEncoderModalityDropout,
+    nnUNetTrainerVanillaChannelDropout,
+)
 from nnunetv2_ext.training.model_genesis import nnUNetTrainerModelGenesis
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder, nnUNetTrainerMultiEncoderSSL
 from nnunetv2_ext.training.patch_swapping import nnUNetTrainerPatchSwapping
@@ -42,7 +46,9 @@ __all__ = ["nnUNetTrainerProxyVanilla_cpu", "nnUNetTrainerProxyVanilla_gpu", "nn
            "nnUNetTrainerProxyMaskedImage_gpu", "nnUNetTrainerProxyMaskedImage_cpu2d",
            "nnUNetTrainerProxyMaskedImage_smoke",
            "nnUNetTrainerProxyPatchSwapping_cpu", "nnUNetTrainerProxyPatchSwapping_gpu",
-           "nnUNetTrainerProxyPatchSwapping_cpu2d", "nnUNetTrainerProxyPatchSwapping_smoke"]
+           "nnUNetTrainerProxyPatchSwapping_cpu2d", "nnUNetTrainerProxyPatchSwapping_smoke",
+           "nnUNetTrainerProxyMultiEncoderModalityDropout_cpu", "nnUNetTrainerProxyVanillaChannelDropout_cpu",
+           "nnUNetTrainerProxyMultiEncoderModalityDropout_smoke", "nnUNetTrainerProxyVanillaChannelDropout_smoke"]
 
 
 class NoTestTimeMirroringMixin(nnUNetTrainer):
@@ -293,3 +299,19 @@ class nnUNetTrainerProxyPatchSwapping_cpu2d(_CPU2DPretrain, nnUNetTrainerPatchSw
 
 class nnUNetTrainerProxyPatchSwapping_smoke(_SmokeSchedule, nnUNetTrainerPatchSwapping):
     """Patch-swapping context restoration pretraining stage, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyMultiEncoderModalityDropout_cpu(_CPUFineTune, nnUNetTrainerMultiEncoderModalityDropout):
+    """Multi-encoder with modality dropout, proxy CPU schedule (the missing-modality benchmark)."""
+
+
+class nnUNetTrainerProxyVanillaChannelDropout_cpu(_CPUFineTune, nnUNetTrainerVanillaChannelDropout):
+    """nnU-Net's PlainConvUNet with channel dropout, proxy CPU schedule (the missing-modality benchmark)."""
+
+
+class nnUNetTrainerProxyMultiEncoderModalityDropout_smoke(_SmokeSchedule, nnUNetTrainerMultiEncoderModalityDropout):
+    """Multi-encoder with modality dropout, the tests' toy schedule."""
+
+
+class nnUNetTrainerProxyVanillaChannelDropout_smoke(_SmokeSchedule, nnUNetTrainerVanillaChannelDropout):
+    """PlainConvUNet with channel dropout, the tests' toy schedule."""

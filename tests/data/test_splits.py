@@ -153,3 +153,56 @@ def test_write_monai_splits(tmp_path):
     append_few_shot_splits(out, [0.5], 1, 0)
     assert write_monai_splits(out, folds, CASES, overwrite=True) == splits
     assert json.loads(out.read_text()) == splits and not (out.parent / FEW_SHOT_INDEX).exists()
+
+
+# ------------------------------------------------------------------------------------------ fixed case lists
+
+def _lists(tmp_path, train, val, test):
+    files = {}
+    for name, cases in (("train", train), ("val", val), ("test", test)):
+        files[name] = tmp_path / f"{name}.txt"
+        files[name].write_text("".join(f"{c}\n" for c in cases))
+    return files
+
+
+def test_case_lists_write_fold_0_and_the_test_list(tmp_path):
+    from nnunetv2_ext.data.splits import TEST_CASES_FILE, read_case_list, write_case_list_splits
+
+    files = _lists(tmp_path, CASES[:6], CASES[6:8], CASES[8:])
+    files["train"].write_text("# RFNet train list\n\n" + "".join(f"HGG/{c}.nii.gz\n" for c in CASES[:6]))
+    assert read_case_list(files["train"]) == CASES[:6]  # comments, blank lines, paths and extensions
+    folder = tmp_path / "pre"
+    written = write_case_list_splits(folder, files["train"], files["val"], files["test"], CASES)
+    assert json.loads((folder / "splits_final.json").read_text()) == [{"train": CASES[:6], "val": CASES[6:8]}]
+    assert (folder / TEST_CASES_FILE).read_text().split() == CASES[8:]
+    assert (written["n_train"], written["n_val"], written["n_test"], written["n_unused"]) == (6, 2, 2, 0)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_case_list_splits(folder, files["train"], files["val"], None, CASES)
+    written = write_case_list_splits(folder, files["train"], files["val"], None, CASES[:9] + ["extra"],
+                                     overwrite=True)
+    assert written["test_cases"] is None and written["n_unused"] == 2
+
+
+@pytest.mark.parametrize("train, val, test, message", [
+    (CASES[:6] + ["Brats18_unknown"], CASES[6:8], CASES[8:], r"--train lists 1 case\(s\) that the dataset does not "
+                                                             r"hold: Brats18_unknown"),
+    (CASES[:6], CASES[6:8], ["nope_1", "nope_2"], r"--test lists 2 case\(s\)"),
+    (CASES[:6], CASES[5:8], CASES[8:], r"1 case\(s\) are in both --train and --val: BraTS2021_00005"),
+    (CASES[:6] + CASES[:1], CASES[6:8], CASES[8:], "more than once: BraTS2021_00000"),
+    ([], CASES[6:8], CASES[8:], "lists no case"),
+])
+def test_case_lists_bad_inputs_write_nothing(tmp_path, train, val, test, message):
+    from nnunetv2_ext.data.splits import write_case_list_splits
+
+    files = _lists(tmp_path, train, val, test)
+    folder = tmp_path / "pre"
+    with pytest.raises(ValueError, match=message):
+        write_case_list_splits(folder, files["train"], files["val"], files["test"], CASES)
+    assert not folder.exists()
+
+
+def test_case_lists_missing_file(tmp_path):
+    from nnunetv2_ext.data.splits import read_case_list
+
+    with pytest.raises(FileNotFoundError, match="case list .*missing.txt does not exist"):
+        read_case_list(tmp_path / "missing.txt")

@@ -98,3 +98,77 @@ def test_subset_errors(env: NnUNetEnv, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="no trained model"):
         from nnunetv2_ext.inference.subset_predict import model_folder_from_args
         model_folder_from_args(env.dataset_id, "nnUNetTrainerMultiEncoder_nonexistent", PLANS, "3d_fullres")
+
+
+# ------------------------------------------------------------------------------------------ the 15-subset benchmark
+
+VANILLA_DROPOUT = "nnUNetTrainerVanillaChannelDropout_debug"
+
+
+def _scores_equal_evaluate(env: NnUNetEnv, out: Path, rows: list) -> None:
+    from nnunetv2_ext.evaluation.metrics import evaluate_folders
+    from nnunetv2_ext.evaluation.missing_modality import ordered_subsets, subset_key
+
+    subsets = ordered_subsets(["T1", "T1Gd", "T2", "FLAIR"])
+    for i in (0, 6, 14):  # T2 alone, T1 + FLAIR (predicted again on the rerun), all four
+        subset, row = subsets[i], rows[i]
+        direct = evaluate_folders(env.raw / "labelsTs", out / "predictions" / subset_key(subset),
+                                  env.raw / "dataset.json")
+        for region in ("WT", "TC", "ET"):
+            for metric in ("dice", "hd95_mm", "sensitivity", "precision"):
+                assert row[f"{region}_{metric}"] == pytest.approx(direct["mean"][region][metric], nan_ok=True)
+
+
+def test_benchmark_missing_modality_cli_table_heatmap_and_rerun(env: NnUNetEnv, tmp_path: Path):
+    """The command predicts all 15 subsets, its scores are `evaluate`'s on the same predictions, the heat map is drawn
+    from 15 rows, and a rerun predicts only what has no done marker."""
+    import json
+
+    from nnunetv2_ext.evaluation.missing_modality import run_missing_modality
+
+    out = tmp_path / "bench"
+    cases = tmp_path / "test_cases.txt"
+    cases.write_text(f"# the test list\n{CASE}\n")
+    proc = env.run(console_script("nnunetv2_ext"), "benchmark", "missing-modality", "-i", str(env.raw / "imagesTs"),
+                   "--ref", str(env.raw / "labelsTs"), "--cases", str(cases), "-o", str(out), "-d",
+                   str(env.dataset_id), "-f", str(FOLD), "-tr", TRAINER, "-p", PLANS, "-device", "cpu")
+    assert "average (15 subsets): WT" in proc.stdout and "predicted now: 15 subset(s)" in proc.stdout
+    done = sorted((out / "predictions").glob("*/.done"))
+    assert len(done) == 15
+    md = (out / "missing_modality.md").read_text()
+    assert "trained with modality dropout (p = 0.5" in md and "RFNet / mmFormer" in md
+    assert md.count("\n| ○ | ○ | ○ | ● |") == 1  # T2 alone (columns FLAIR, T1, T1Gd, T2) is the first row
+    heat = json.loads((out / "missing_modality_heatmap.json").read_text())
+    assert len(heat["rows"]) == 15 and heat["rows"][0] == "T2" and heat["rows"][-1] == "T1 + T1Gd + T2 + FLAIR"
+    assert (out / "missing_modality_heatmap.png").stat().st_size > 0
+    assert len((out / "missing_modality.csv").read_text().splitlines()) == 17  # header, 15 subsets, average
+
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    (out / "predictions" / "T1+FLAIR" / ".done").unlink()  # as if interrupted in that subset
+    result = run_missing_modality(model_folder(env), env.raw / "imagesTs", env.raw / "labelsTs", out, folds=(FOLD,),
+                                  cases_file=str(cases))
+    assert result["predicted"] == ["T1+FLAIR"]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.parent.name != "T1+FLAIR")
+    assert len(result["table"]) == 16
+    _scores_equal_evaluate(env, out, result["table"][:15])
+
+
+def test_vanilla_channel_dropout_trains_and_is_benchmarked_zero_filled(env: NnUNetEnv, tmp_path: Path):
+    """nnUNetTrainerVanillaChannelDropout through nnUNetv2_train; the benchmark reads it as a one-stack model with
+    dropout (zero-filled, the header's note; the 15-subset run itself is the multi-encoder test's) and checks --cases
+    before loading anything."""
+    from nnunetv2_ext.evaluation.missing_modality import describe_model, run_missing_modality
+
+    env.run(console_script("nnUNetv2_train"), str(env.dataset_id), "3d_fullres", str(FOLD), "-tr", VANILLA_DROPOUT,
+            "-device", "cpu")
+    folder = env.results / f"{VANILLA_DROPOUT}__nnUNetPlans__3d_fullres"
+    logs = "".join(p.read_text() for p in (folder / f"fold_{FOLD}").glob("training_log_*.txt"))
+    assert "Channel dropout: p = 0.5 per sample over 4 input channels" in logs
+    info = describe_model(folder)
+    assert not info.multi_encoder and info.dropout_p == 0.5
+    assert "absent channels are zero-filled" in info.note and "trained with modality dropout (p = 0.5" in info.note
+    cases = tmp_path / "cases.txt"
+    cases.write_text("SynBraTS_999\n")
+    with pytest.raises(ValueError, match=r"--cases .* lists 1 case\(s\) with no image"):
+        run_missing_modality(folder, env.raw / "imagesTs", env.raw / "labelsTs", tmp_path / "c", folds=(FOLD,),
+                             cases_file=str(cases))

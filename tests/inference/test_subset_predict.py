@@ -6,6 +6,7 @@ dropout."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -167,25 +168,19 @@ def test_trainer_class_finds_a_loaded_subclass_and_its_dropout():
 
 # ------------------------------------------------------------------------------------ through the predictor
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
+def _random_model_folder(root: Path, plans: dict, name: str) -> Path:
     """A model folder as nnUNetv2_train leaves it (dataset.json, plans.json, fold_0/checkpoint_final.pth), holding a
-    randomly initialised multi-encoder for the tiny plans' 2d configuration (written by nnUNetTrainer)."""
+    randomly initialised network of the plans' 2d configuration (written by nnUNetTrainer)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
-
     dataset_json = json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text())
-    plans = derive_multi_encoder_plans(json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
-                                       dataset_json)
     arch = plans["configurations"]["2d"]["architecture"]
     heads = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads  # 3 regions
     torch.manual_seed(0)
     network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                      4, heads, allow_init=True, deep_supervision=False)
-    assert isinstance(network, MultiEncoderUNet)
-    folder = tmp_path_factory.mktemp("results") / "nnUNetTrainer__nnUNetPlans_MultiEncoder__2d"
+    folder = root / name
     (folder / "fold_0").mkdir(parents=True)
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
     (folder / "plans.json").write_text(json.dumps(plans))
@@ -193,6 +188,18 @@ def model_folder(tmp_path_factory) -> Path:
                 "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
                folder / "fold_0" / "checkpoint_final.pth")
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A randomly initialised multi-encoder for the tiny plans' 2d configuration."""
+    from nnunetv2_ext.planning.multi_encoder_plans import derive_multi_encoder_plans
+
+    plans = derive_multi_encoder_plans(json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
+                                       json.loads((TINY_FIXTURES / "dataset_tiny.json").read_text()))
+    assert plans["configurations"]["2d"]["architecture"]["network_class_name"].endswith("MultiEncoderUNet")
+    return _random_model_folder(tmp_path_factory.mktemp("results"), plans,
+                                "nnUNetTrainer__nnUNetPlans_MultiEncoder__2d")
 
 
 def test_predicts_from_two_of_four_modalities(model_folder, tmp_path):
@@ -229,14 +236,23 @@ def test_checks_happen_before_the_network_is_loaded(model_folder, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="module")
+def vanilla_folder(tmp_path_factory) -> Path:
+    """The same, holding nnU-Net's PlainConvUNet (one input stack) of the tiny plans."""
+    return _random_model_folder(tmp_path_factory.mktemp("results"),
+                                json.loads((TINY_FIXTURES / "nnUNetPlans_tiny.json").read_text()),
+                                "nnUNetTrainer__nnUNetPlans__2d")
+
+
 # ------------------------------------------------------------------------ validated first, written last (issue 19)
 
 
 def _t1_flair_inputs(folder: Path) -> Path:
     folder.mkdir()
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(1)
     for c in (0, 3):
-        _write_image(folder / f"case_{c:04d}.nii.gz", rng.uniform(0, 1, size=SHAPE).astype(np.float32))
+        _write_image(folder / f"case_{c:04d}.nii.gz", rng.uniform(0, 1, size=SHAPE).astype(np.float32),
+                     spacing=(1.0, 1.0, 2.0))
     return folder
 
 
@@ -297,3 +313,40 @@ def test_continue_prediction_predicts_only_the_missing_cases(model_folder, tmp_p
         assert (out / "case.nii.gz").read_bytes() == b"done before"
         assert {"other.nii.gz", "other.npz", "other.pkl"} <= set(_entries(out))
         assert predict_with_subset(model_folder, inputs, out, "T1,FLAIR", continue_prediction=True) == []
+
+
+def test_zero_fill_lets_a_one_stack_network_predict_from_a_subset(vanilla_folder, tmp_path):
+    inputs = _t1_flair_inputs(tmp_path / "in")
+    with pytest.raises(ValueError, match=r"needs a multi-encoder.*predict --zero-fill"):
+        predict_with_subset(vanilla_folder, inputs, tmp_path / "o1", "T1,FLAIR", use_mirroring=False)
+    with pytest.warns(UserWarning, match="absent channels are zero-filled"):
+        written = predict_with_subset(vanilla_folder, inputs, tmp_path / "o2", "T1,FLAIR", use_mirroring=False,
+                                      zero_fill=True)
+    assert json.loads((tmp_path / "o2" / "predict_with_subset_args.json").read_text())["zero_fill"] is True
+    # the zero-filled stack is exactly what the network sees: a full stack with zero images gives the same result
+    from nnunetv2_ext.inference.subset_predict import load_subset_predictor, predict_subset_in_process
+
+    full = tmp_path / "full"
+    shutil.copytree(inputs, full)
+    for c in (1, 2):
+        _write_image(full / f"case_{c:04d}.nii.gz", np.zeros(SHAPE, np.float32), spacing=(1.0, 1.0, 2.0))
+    predictor = load_subset_predictor(vanilla_folder, use_mirroring=False, zero_fill=True)
+    again = predict_subset_in_process(predictor, full, tmp_path / "o3", "T1,T1Gd,T2,FLAIR")
+    assert np.array_equal(_read(written[0]), _read(again[0]))
+
+
+def test_in_process_prediction_equals_predict_with_subset(model_folder, tmp_path):
+    from nnunetv2_ext.inference.subset_predict import load_subset_predictor, predict_subset_in_process
+
+    inputs = _t1_flair_inputs(tmp_path / "in")
+    with pytest.warns(UserWarning):
+        ours = predict_with_subset(model_folder, inputs, tmp_path / "a", "T1,FLAIR", use_mirroring=False)
+        predictor = load_subset_predictor(model_folder, use_mirroring=False)
+        again = predict_subset_in_process(predictor, inputs, tmp_path / "b", ["FLAIR", "T1"])
+    assert np.array_equal(_read(ours[0]), _read(again[0]))
+
+
+def _read(path: str) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
