@@ -267,7 +267,7 @@ def run_missing_modality(model_folder: str | os.PathLike, images: str | os.PathL
         pred_dir, score = output / "predictions" / key, output / "scores" / f"{key}.json"
         if not score.is_file() or score.stat().st_mtime < (pred_dir / DONE).stat().st_mtime:
             evaluate_folders(ref, pred_dir, dataset_json, file_ending=ending, num_processes=num_processes_eval,
-                             output=score, strict=False)
+                             output=score, strict=False, overwrite=True)  # a stale score: the subset was redone
         summaries[key] = load_json(score)
     rows = table_rows(subsets, summaries, info.names)
     files = write_outputs(rows, output, info, n_cases=next(iter(summaries.values()))["n_cases"])

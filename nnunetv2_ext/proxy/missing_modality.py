@@ -245,7 +245,7 @@ def run_missing_modality_proxy(out: str | os.PathLike, results: str | os.PathLik
             if not (subset_dir / f"{c}.nii.gz").exists():
                 os.symlink(validation / f"{c}.nii.gz", subset_dir / f"{c}.nii.gz")
         summary = evaluate_folders(raw / "labelsTr", subset_dir, dataset_json, strict=False,
-                                   output=bench_root / f"{key}.json")
+                                   output=bench_root / f"{key}.json", overwrite=True)  # recomputed each run
         single_dice[d.rsplit("_", 1)[1]] = {r: summary["mean"][r]["dice"] for r in regions}
 
     infos: Dict[str, ModelInfo] = {key: describe_model(by_key[key].fold_dir.parent) for key in methods}
