@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_ext.training.base import DebugScheduleMixin, NarrowDebugScheduleMixin
+from nnunetv2_ext.training.base import NarrowDebugScheduleMixin
 from nnunetv2_ext.training.multi_encoder import nnUNetTrainerMultiEncoder
 from nnunetv2_ext.training.vanilla import nnUNetTrainerVanilla
 
@@ -124,5 +124,5 @@ class nnUNetTrainerVanillaChannelDropout(_DropoutMasks, nnUNetTrainerVanilla):
         return super().train_step({**batch, "data": data})
 
 
-class nnUNetTrainerVanillaChannelDropout_debug(DebugScheduleMixin, nnUNetTrainerVanillaChannelDropout):
-    """3 epochs of 4 iterations, no mirroring: smoke tests and CPU examples."""
+class nnUNetTrainerVanillaChannelDropout_debug(NarrowDebugScheduleMixin, nnUNetTrainerVanillaChannelDropout):
+    """3 epochs of 4 iterations at widths 8, 16, 32, ..., no mirroring: smoke tests and CPU examples."""
