@@ -41,7 +41,8 @@ def subset_fingerprint_extractor(max_cases: int, seed: int = 0, samples_per_case
     with ``numpy.random.default_rng(seed)`` from the sorted case names (all of them if there are fewer), keeping
     ``samples_per_case`` foreground intensities per case and channel (at most nnU-Net's 1e8 in total)."""
     if max_cases < 1 or samples_per_case < 1:
-        raise ValueError(f"max_cases and samples_per_case must be >= 1, got {max_cases} and {samples_per_case}")
+        raise ValueError(f"--max-cases (and the samples per case) must be >= 1, got {max_cases} and "
+                         f"{samples_per_case}")
 
     class SubsetFingerprintExtractor(DatasetFingerprintExtractor):
         def __init__(self, dataset_name_or_id: Union[str, int], num_processes: int = 8, verbose: bool = False):

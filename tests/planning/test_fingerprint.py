@@ -45,5 +45,5 @@ def test_subset_larger_than_the_cohort_takes_every_case(raw_dataset):
 
 
 def test_ill_arguments():
-    with pytest.raises(ValueError, match="max_cases and samples_per_case must be >= 1"):
+    with pytest.raises(ValueError, match=r"--max-cases \(and the samples per case\) must be >= 1"):
         subset_fingerprint_extractor(0)
