@@ -208,14 +208,9 @@ def run_missing_modality(model_folder: str | os.PathLike, images: str | os.PathL
         ValueError: see :func:`describe_model`, :func:`ordered_subsets` and ``evaluate_folders``.
     """
     from nnunetv2_ext.inference.subset_predict import (
-        _channels_of,
         _check_run,
-        _find_cases,
-        _preprocessed_cases,
-        _write_run_files,
         load_subset_predictor,
         predict_subset_in_process,
-        select_subset,
     )
 
     info = describe_model(model_folder)
@@ -244,18 +239,7 @@ def run_missing_modality(model_folder: str | os.PathLike, images: str | os.PathL
         t0 = time.time()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was not trained with modality dropout")  # said in the header
-            if num_processes_export <= 1:
-                written = predict_subset_in_process(predictor, inputs, pred_dir, list(subset))
-            else:
-                channels = _channels_of(list(subset), list(info.names))
-                cases = _find_cases(str(inputs), ending, channels, list(info.names))
-                select_subset(predictor, channels)
-                _write_run_files(predictor, str(pred_dir), {"input_folder": str(inputs),
-                                                            "modalities_present": list(subset)})
-                predictor.predict_from_data_iterator(
-                    _preprocessed_cases(predictor, cases, len(info.names), str(pred_dir)), save_probabilities=False,
-                    num_processes_segmentation_export=num_processes_export)
-                written = [str(pred_dir / (c + ending)) for c in cases]
+            written = predict_subset_in_process(predictor, inputs, pred_dir, list(subset), num_processes_export)
         atomic_write_json({"subset": list(subset), "n_cases": len(written), "seconds": round(time.time() - t0, 1)},
                           pred_dir / DONE, overwrite=True)
         predicted.append(key)

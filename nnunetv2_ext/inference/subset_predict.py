@@ -298,10 +298,12 @@ def _write_run_files(predictor, output_folder: str, args: dict) -> None:
 
 
 def predict_subset_in_process(predictor, input_folder: PathLike, output_folder: PathLike,
-                              modalities_present: Union[Sequence[str], str]) -> List[str]:
-    """:func:`predict_with_subset` with a loaded predictor (:func:`load_subset_predictor`) and the export in this
-    process (no worker pool to start per subset): nnU-Net's preprocessing, sliding window and
-    ``export_prediction_from_logits``, one case at a time. Existing files in ``output_folder`` are replaced.
+                              modalities_present: Union[Sequence[str], str], num_processes_export: int = 1
+                              ) -> List[str]:
+    """:func:`predict_with_subset` with a loaded predictor (:func:`load_subset_predictor`) and, for
+    ``num_processes_export`` 1, the export in this process (no worker pool to start per subset): nnU-Net's
+    preprocessing, sliding window and ``export_prediction_from_logits``, one case at a time; more: nnU-Net's export
+    pool of that many processes. Existing files in ``output_folder`` are replaced.
 
     Returns:
         the written segmentation files.
@@ -315,7 +317,13 @@ def predict_subset_in_process(predictor, input_folder: PathLike, output_folder: 
     cases = _find_cases(input_folder, ending, channels, names)
     select_subset(predictor, channels, stacklevel=3)
     _write_run_files(predictor, output_folder, {"input_folder": input_folder, "modalities_present":
-                                                [names[c] for c in channels], "in_process": True})
+                                                [names[c] for c in channels],
+                                                "in_process": num_processes_export <= 1})
+    if num_processes_export > 1:
+        predictor.predict_from_data_iterator(_preprocessed_cases(predictor, cases, len(names), output_folder),
+                                             save_probabilities=False,
+                                             num_processes_segmentation_export=num_processes_export)
+        return [os.path.join(output_folder, case + ending) for case in cases]
     for item in _preprocessed_cases(predictor, cases, len(names), output_folder):
         logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu().numpy()
         export_prediction_from_logits(logits, item["data_properties"], predictor.configuration_manager,
